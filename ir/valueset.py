@@ -1,0 +1,296 @@
+"""Sets of unsigned field values, kept as canonical sorted disjoint intervals.
+
+Every per-field constraint in flowc's IR is a :class:`ValueSet`: a prefix, a
+port range, a ternary (value, mask) and the complement of any of them are all
+the same kind of value, so intersection, difference and equality are exact and
+structural (two sets are equal iff they contain the same values).
+
+Intervals instead of ternary bit strings: a port range stays one interval
+instead of up to 30 prefixes, and prefixes/ternaries are recovered on demand
+by :meth:`ValueSet.to_prefixes` and :meth:`ValueSet.to_ternaries` for the
+backends that need masks.
+
+>>> web = ValueSet.of_range(16, 8000, 8999) | ValueSet.of_values(16, [80, 443])
+>>> web
+ValueSet(16, '80,443,8000-8999')
+>>> 8080 in web, 8999 in web, 9000 in web
+(True, True, False)
+>>> (~web).contains(22)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+# A non-contiguous ternary on a wide field expands to exponentially many
+# intervals; no DSL construct produces one, so refuse instead of exploding.
+MAX_TERNARY_INTERVALS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class ValueSet:
+    """A set of integers in ``[0, 2**width)`` as sorted, disjoint, non-adjacent intervals.
+
+    Attributes:
+        width: bit width of the field the values belong to.
+        intervals: inclusive ``(lo, hi)`` pairs, sorted, with gaps between them.
+    """
+
+    width: int
+    intervals: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        top = (1 << self.width) - 1
+        prev_hi = -2
+        for lo, hi in self.intervals:
+            if not (0 <= lo <= hi <= top) or lo <= prev_hi + 1:
+                raise ValueError(f"non-canonical intervals {self.intervals!r} for width {self.width}")
+            prev_hi = hi
+
+    # ----------------------------------------------------------- construction
+    @staticmethod
+    def empty(width: int) -> ValueSet:
+        """The empty set."""
+        return ValueSet(width, ())
+
+    @staticmethod
+    def full(width: int) -> ValueSet:
+        """Every value of a ``width``-bit field."""
+        return ValueSet(width, ((0, (1 << width) - 1),))
+
+    @staticmethod
+    def of_range(width: int, lo: int, hi: int) -> ValueSet:
+        """The inclusive range ``lo..hi`` (empty when ``lo > hi``)."""
+        if lo > hi:
+            return ValueSet.empty(width)
+        return ValueSet(width, ((lo, hi),))
+
+    @staticmethod
+    def of_value(width: int, value: int) -> ValueSet:
+        """A single value."""
+        return ValueSet(width, ((value, value),))
+
+    @staticmethod
+    def of_values(width: int, values: Iterable[int]) -> ValueSet:
+        """A set of single values."""
+        return ValueSet.from_intervals(width, ((v, v) for v in values))
+
+    @staticmethod
+    def of_prefix(width: int, value: int, prefix_len: int) -> ValueSet:
+        """All values whose top ``prefix_len`` bits equal those of ``value``."""
+        if not 0 <= prefix_len <= width:
+            raise ValueError(f"prefix length {prefix_len} outside 0..{width}")
+        host_bits = width - prefix_len
+        lo = (value >> host_bits) << host_bits
+        return ValueSet(width, ((lo, lo | ((1 << host_bits) - 1)),))
+
+    @staticmethod
+    def of_ternary(width: int, value: int, mask: int) -> ValueSet:
+        """All ``x`` with ``x & mask == value & mask``.
+
+        >>> ValueSet.of_ternary(4, 0b0010, 0b0011).intervals
+        ((2, 2), (6, 6), (10, 10), (14, 14))
+        """
+        top = (1 << width) - 1
+        mask &= top
+        value &= mask
+        # Free bits below the lowest cared-for bit form contiguous blocks;
+        # every other free bit doubles the number of blocks.
+        low_free = (mask & -mask).bit_length() - 1 if mask else width
+        block = (1 << low_free) - 1
+        high_free = [b for b in range(low_free, width) if not (mask >> b) & 1]
+        if (1 << len(high_free)) > MAX_TERNARY_INTERVALS:
+            raise ValueError(f"ternary {value:#x}/{mask:#x} on {width} bits is too fragmented")
+        starts = []
+        for combo in range(1 << len(high_free)):
+            base = value
+            for i, bit in enumerate(high_free):
+                if (combo >> i) & 1:
+                    base |= 1 << bit
+            starts.append(base)
+        return ValueSet.from_intervals(width, ((s, s | block) for s in starts))
+
+    @staticmethod
+    def from_intervals(width: int, intervals: Iterable[tuple[int, int]]) -> ValueSet:
+        """Canonicalise arbitrary (possibly overlapping, unsorted) inclusive intervals."""
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted(intervals):
+            if lo > hi:
+                continue
+            if merged and lo <= merged[-1][1] + 1:
+                if hi > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], hi)
+            else:
+                merged.append((lo, hi))
+        return ValueSet(width, tuple(merged))
+
+    # ----------------------------------------------------------------- queries
+    def is_empty(self) -> bool:
+        """True when the set has no values."""
+        return not self.intervals
+
+    def is_full(self) -> bool:
+        """True when the set holds every value of the field."""
+        return self.intervals == ((0, (1 << self.width) - 1),)
+
+    def contains(self, value: int) -> bool:
+        """Membership test (binary search over the intervals)."""
+        ivs = self.intervals
+        lo_i, hi_i = 0, len(ivs)
+        while lo_i < hi_i:
+            mid = (lo_i + hi_i) // 2
+            lo, hi = ivs[mid]
+            if value < lo:
+                hi_i = mid
+            elif value > hi:
+                lo_i = mid + 1
+            else:
+                return True
+        return False
+
+    __contains__ = contains
+
+    def size(self) -> int:
+        """How many values the set holds."""
+        return sum(hi - lo + 1 for lo, hi in self.intervals)
+
+    def is_subset(self, other: ValueSet) -> bool:
+        """True when every value of ``self`` is in ``other``."""
+        return (self - other).is_empty()
+
+    def overlaps(self, other: ValueSet) -> bool:
+        """True when the sets share a value."""
+        a, b = self.intervals, other.intervals
+        i = j = 0
+        while i < len(a) and j < len(b):
+            if a[i][1] < b[j][0]:
+                i += 1
+            elif b[j][1] < a[i][0]:
+                j += 1
+            else:
+                return True
+        return False
+
+    def pick(self, preferred: Iterable[int] = ()) -> int:
+        """One member: the first of ``preferred`` that is in the set, else the smallest
+        non-zero member, else 0. Raises ValueError on the empty set."""
+        if not self.intervals:
+            raise ValueError("pick from an empty set")
+        for value in preferred:
+            if value in self:
+                return value
+        lo, hi = self.intervals[0]
+        if lo == 0 and hi == 0 and len(self.intervals) > 1:
+            return self.intervals[1][0]
+        return max(lo, 1) if hi >= 1 else lo
+
+    def hull(self) -> tuple[int, int]:
+        """The smallest interval containing the set (raises on the empty set)."""
+        if not self.intervals:
+            raise ValueError("hull of an empty set")
+        return self.intervals[0][0], self.intervals[-1][1]
+
+    # -------------------------------------------------------------- algebra
+    def __and__(self, other: ValueSet) -> ValueSet:
+        a, b = self.intervals, other.intervals
+        if len(a) == 1 and len(b) == 1:  # the common case: two intervals
+            lo, hi = max(a[0][0], b[0][0]), min(a[0][1], b[0][1])
+            return ValueSet(self.width, ((lo, hi),)) if lo <= hi else ValueSet(self.width, ())
+        out: list[tuple[int, int]] = []
+        i = j = 0
+        while i < len(a) and j < len(b):
+            lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+            if lo <= hi:
+                out.append((lo, hi))
+            if a[i][1] < b[j][1]:
+                i += 1
+            else:
+                j += 1
+        return ValueSet(self.width, tuple(out))
+
+    def __or__(self, other: ValueSet) -> ValueSet:
+        return ValueSet.from_intervals(self.width, self.intervals + other.intervals)
+
+    def __invert__(self) -> ValueSet:
+        out: list[tuple[int, int]] = []
+        nxt = 0
+        for lo, hi in self.intervals:
+            if lo > nxt:
+                out.append((nxt, lo - 1))
+            nxt = hi + 1
+        top = (1 << self.width) - 1
+        if nxt <= top:
+            out.append((nxt, top))
+        return ValueSet(self.width, tuple(out))
+
+    def __sub__(self, other: ValueSet) -> ValueSet:
+        if not other.intervals or not self.intervals:
+            return self
+        return self & ~other
+
+    # ------------------------------------------------------ mask conversions
+    def to_prefixes(self) -> list[tuple[int, int]]:
+        """The minimal list of ``(value, prefix_len)`` prefixes whose union is the set.
+
+        >>> ValueSet.of_range(16, 1, 6).to_prefixes()
+        [(1, 16), (2, 15), (4, 15), (6, 16)]
+        """
+        out: list[tuple[int, int]] = []
+        for lo, hi in self.intervals:
+            out.extend(_range_to_prefixes(self.width, lo, hi))
+        return out
+
+    def to_ternaries(self) -> list[tuple[int, int]]:
+        """The set as ``(value, mask)`` pairs (prefix masks; exact, not necessarily minimal)."""
+        top = (1 << self.width) - 1
+        return [
+            (value, (top << (self.width - plen)) & top) for value, plen in self.to_prefixes()
+        ]
+
+    def as_prefix(self) -> tuple[int, int] | None:
+        """``(value, prefix_len)`` when the set is exactly one prefix, else None."""
+        if len(self.intervals) != 1:
+            return None
+        prefixes = self.to_prefixes()
+        return prefixes[0] if len(prefixes) == 1 else None
+
+    def as_ternary(self) -> tuple[int, int] | None:
+        """``(value, mask)`` when the set is exactly one ternary (any mask shape), else None."""
+        if not self.intervals:
+            return None
+        lo = self.intervals[0][0]
+        # The cared-for bits are those equal across all members; a ternary of
+        # that mask has 2**free members, so compare sizes.
+        diff = 0
+        for a, b in self.intervals:
+            diff |= (a ^ lo) | (b ^ lo)
+        # Bits that vary inside a block are covered by the XOR of block ends'
+        # spans; accumulate them as well.
+        for a, b in self.intervals:
+            if a != b:
+                diff |= (1 << (a ^ b).bit_length()) - 1
+        top = (1 << self.width) - 1
+        mask = top & ~diff
+        if ValueSet.of_ternary(self.width, lo, mask) == self:
+            return lo & mask, mask
+        return None
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.intervals)
+
+    def __repr__(self) -> str:
+        parts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.intervals]
+        return f"ValueSet({self.width}, {','.join(parts)!r})"
+
+
+def _range_to_prefixes(width: int, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """Split an inclusive range into maximal aligned blocks (the classic range-to-prefix walk)."""
+    while lo <= hi:
+        # Largest block aligned at lo that does not pass hi.
+        size_bits = (lo & -lo).bit_length() - 1 if lo else width
+        while size_bits > 0 and lo + (1 << size_bits) - 1 > hi:
+            size_bits -= 1
+        yield lo, width - size_bits
+        lo += 1 << size_bits

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Idempotent set-up for flowc on Debian 12 (root): system packages for the
+# kernel tiers, kernel headers where bcc looks for them, and a virtual
+# environment with flowc installed in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: need root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# bcc compiles BPF C against the running kernel's headers at
+# /lib/modules/$(uname -r)/{build,source}. The development machines run a
+# kernel with no headers package of its own, so point those paths at Debian's
+# linux-headers-amd64 (the -amd64 dir is "build", the -common dir "source").
+# Only done where the running kernel has no headers; real ones are never touched.
+kver="$(uname -r)"
+moddir="/lib/modules/$kver"
+if [ ! -e "$moddir/build/Makefile" ] && [ "$(id -u)" -eq 0 ]; then
+    hdr_build="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1 || true)"
+    if [ -n "$hdr_build" ]; then
+        hdr_common="${hdr_build%-amd64}-common"
+        mkdir -p "$moddir"
+        ln -sfn "$hdr_build" "$moddir/build"
+        [ -d "$hdr_common" ] && ln -sfn "$hdr_common" "$moddir/source"
+        echo "setup: $moddir/build -> $hdr_build"
+    fi
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+# Expose Debian's bcc (pure Python over libbcc via ctypes) to the venv, and only bcc:
+# a shim directory holding one symlink, put on sys.path by a .pth file.
+site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ -d /usr/lib/python3/dist-packages/bcc ]; then
+    mkdir -p .venv/bcc-shim
+    ln -sfn /usr/lib/python3/dist-packages/bcc .venv/bcc-shim/bcc
+    echo "$(pwd)/.venv/bcc-shim" > "$site/flowc-bcc.pth"
+fi
+
+stamp=.venv/.flowc-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch "$stamp"
+fi
+.venv/bin/python -c 'import bcc' 2>/dev/null && echo "setup: bcc importable" || echo "setup: bcc NOT importable (kernel tier will skip)"
