@@ -84,10 +84,17 @@ class _Builder(Transformer[Token, Any]):
 
     def _span(self, items: list[Any]) -> ast.Pos:
         """The span from the first to the last positioned child."""
-        positions = [p for p in (self._pos_of(i) for i in items) if p is not None]
-        if not positions:
+        first = last = None
+        for item in items:
+            first = self._pos_of(item)
+            if first is not None:
+                break
+        for item in reversed(items):
+            last = self._pos_of(item)
+            if last is not None:
+                break
+        if first is None or last is None:
             return ast.NOWHERE
-        first, last = positions[0], positions[-1]
         return ast.Pos(self.path, first.line, first.column, last.end_line, last.end_column)
 
     def _pos_of(self, item: Any) -> ast.Pos | None:

@@ -148,14 +148,15 @@ def witness(space: Space, c: Cube) -> Point | None:
 
 
 def subtract(space: Space, a: Cube, b: Cube) -> list[Cube]:
-    """``a`` minus ``b`` as disjoint cubes, each holding at least one packet.
+    """``a`` minus ``b`` as disjoint cubes; every new piece holds at least one packet
+    (``a`` itself is returned unchanged when ``b`` misses it).
 
     Fields are peeled in the space's order (prerequisites first), the
     classic header-space difference: one piece per field where ``a`` leaves
     ``b``'s set, the remaining fields narrowed to ``b`` as the walk goes.
     """
     if intersect(a, b) is None:
-        return [a] if is_feasible(space, a) else []
+        return [a]
     pieces: list[Cube] = []
     current = list(a.sets)
     for i, sb in enumerate(b.sets):
@@ -184,20 +185,53 @@ def region_is_empty(space: Space, region: Iterable[Cube]) -> bool:
     return not any(is_feasible(space, c) for c in region)
 
 
+def first_containing(cubes: Sequence[Cube], point: Point) -> int | None:
+    """Index of the first cube holding ``point``, or None."""
+    for i, c in enumerate(cubes):
+        if c.contains(point):
+            return i
+    return None
+
+
+def uncovered_witness(
+    space: Space, c: Cube, cover: Sequence[Cube], limit: int = 20000
+) -> tuple[bool, Point | None]:
+    """Look for a packet of ``c`` outside every cube of ``cover``.
+
+    Witness-driven: take a packet of the residual region, find a cover cube
+    holding it, subtract only that cube, repeat. An uncovered region is
+    usually found after a few steps, and a covered one only ever subtracts
+    cubes that matter, so the residual stays small.
+
+    Returns ``(True, packet)`` when a packet escapes the cover, ``(True,
+    None)`` when the cover holds all of ``c``, and ``(False, None)`` when the
+    residual grew past ``limit`` cubes and the question was not settled.
+    """
+    residual = [c]
+    while residual:
+        piece = residual.pop()
+        point = witness(space, piece)
+        if point is None:
+            continue
+        hit = first_containing(cover, point)
+        if hit is None:
+            return True, point
+        residual.extend(subtract(space, piece, cover[hit]))
+        if len(residual) > limit:
+            return False, None
+    return True, None
+
+
 def covered_by(space: Space, c: Cube, cover: Sequence[Cube], limit: int = 20000) -> bool | None:
     """True when every packet of ``c`` lies in the union of ``cover``.
 
     Returns None when the residual region grows past ``limit`` cubes, so the
     caller can say the question was too expensive instead of guessing.
     """
-    residual = [c] if is_feasible(space, c) else []
-    for other in cover:
-        if not residual:
-            return True
-        residual = subtract_region(space, residual, other)
-        if len(residual) > limit:
-            return None
-    return not residual
+    settled, escaped = uncovered_witness(space, c, cover, limit)
+    if not settled:
+        return None
+    return escaped is None
 
 
 def format_cube(space: Space, c: Cube) -> str:

@@ -51,21 +51,31 @@ class ValueSet:
 
     # ----------------------------------------------------------- construction
     @staticmethod
+    def _trusted(width: int, intervals: tuple[tuple[int, int], ...]) -> ValueSet:
+        """Build from intervals already known to be canonical (skips the check)."""
+        obj = object.__new__(ValueSet)
+        object.__setattr__(obj, "width", width)
+        object.__setattr__(obj, "intervals", intervals)
+        return obj
+
+    @staticmethod
     def empty(width: int) -> ValueSet:
         """The empty set."""
-        return ValueSet(width, ())
+        return _EMPTY.get(width) or ValueSet(width, ())
 
     @staticmethod
     def full(width: int) -> ValueSet:
         """Every value of a ``width``-bit field."""
-        return ValueSet(width, ((0, (1 << width) - 1),))
+        return _FULL.get(width) or ValueSet(width, ((0, (1 << width) - 1),))
 
     @staticmethod
     def of_range(width: int, lo: int, hi: int) -> ValueSet:
         """The inclusive range ``lo..hi`` (empty when ``lo > hi``)."""
         if lo > hi:
             return ValueSet.empty(width)
-        return ValueSet(width, ((lo, hi),))
+        if not 0 <= lo <= hi < (1 << width):
+            raise ValueError(f"range {lo}-{hi} does not fit in {width} bits")
+        return ValueSet._trusted(width, ((lo, hi),))
 
     @staticmethod
     def of_value(width: int, value: int) -> ValueSet:
@@ -83,8 +93,8 @@ class ValueSet:
         if not 0 <= prefix_len <= width:
             raise ValueError(f"prefix length {prefix_len} outside 0..{width}")
         host_bits = width - prefix_len
-        lo = (value >> host_bits) << host_bits
-        return ValueSet(width, ((lo, lo | ((1 << host_bits) - 1)),))
+        lo = ((value >> host_bits) << host_bits) & ((1 << width) - 1)
+        return ValueSet._trusted(width, ((lo, lo | ((1 << host_bits) - 1)),))
 
     @staticmethod
     def of_ternary(width: int, value: int, mask: int) -> ValueSet:
@@ -116,15 +126,18 @@ class ValueSet:
     def from_intervals(width: int, intervals: Iterable[tuple[int, int]]) -> ValueSet:
         """Canonicalise arbitrary (possibly overlapping, unsorted) inclusive intervals."""
         merged: list[tuple[int, int]] = []
+        top = (1 << width) - 1
         for lo, hi in sorted(intervals):
             if lo > hi:
                 continue
+            if lo < 0 or hi > top:
+                raise ValueError(f"interval {lo}-{hi} does not fit in {width} bits")
             if merged and lo <= merged[-1][1] + 1:
                 if hi > merged[-1][1]:
                     merged[-1] = (merged[-1][0], hi)
             else:
                 merged.append((lo, hi))
-        return ValueSet(width, tuple(merged))
+        return ValueSet._trusted(width, tuple(merged))
 
     # ----------------------------------------------------------------- queries
     def is_empty(self) -> bool:
@@ -197,7 +210,7 @@ class ValueSet:
         a, b = self.intervals, other.intervals
         if len(a) == 1 and len(b) == 1:  # the common case: two intervals
             lo, hi = max(a[0][0], b[0][0]), min(a[0][1], b[0][1])
-            return ValueSet(self.width, ((lo, hi),)) if lo <= hi else ValueSet(self.width, ())
+            return ValueSet._trusted(self.width, ((lo, hi),) if lo <= hi else ())
         out: list[tuple[int, int]] = []
         i = j = 0
         while i < len(a) and j < len(b):
@@ -208,7 +221,7 @@ class ValueSet:
                 i += 1
             else:
                 j += 1
-        return ValueSet(self.width, tuple(out))
+        return ValueSet._trusted(self.width, tuple(out))
 
     def __or__(self, other: ValueSet) -> ValueSet:
         return ValueSet.from_intervals(self.width, self.intervals + other.intervals)
@@ -223,7 +236,7 @@ class ValueSet:
         top = (1 << self.width) - 1
         if nxt <= top:
             out.append((nxt, top))
-        return ValueSet(self.width, tuple(out))
+        return ValueSet._trusted(self.width, tuple(out))
 
     def __sub__(self, other: ValueSet) -> ValueSet:
         if not other.intervals or not self.intervals:
@@ -283,6 +296,10 @@ class ValueSet:
     def __repr__(self) -> str:
         parts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in self.intervals]
         return f"ValueSet({self.width}, {','.join(parts)!r})"
+
+
+_FULL = {w: ValueSet(w, ((0, (1 << w) - 1),)) for w in (1, 4, 6, 8, 12, 16, 32, 128)}
+_EMPTY = {w: ValueSet(w, ()) for w in _FULL}
 
 
 def _range_to_prefixes(width: int, lo: int, hi: int) -> Iterator[tuple[int, int]]:
