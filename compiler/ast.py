@@ -25,7 +25,7 @@ NOWHERE = Pos("<none>", 0, 0, 0, 0)
 
 
 def _pos() -> Pos:
-    return field(default=NOWHERE, compare=False, repr=False)  # type: ignore[no-any-return]
+    return field(default=NOWHERE, compare=False, repr=False)
 
 
 # ------------------------------------------------------------ set elements
@@ -202,6 +202,7 @@ class ActionSpec:
     mark: int | None = None
     target: NameRef | None = None
     pos: Pos = _pos()
+    mark_hex: bool = field(default=False, compare=False, repr=False)  # written as 0x...
 
 
 @dataclass(frozen=True, slots=True)

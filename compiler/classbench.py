@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ir.fields import PORT_PROTOCOLS, PROTOCOL_BY_NUMBER, PROTO_ICMP
+from ir.fields import PORT_PROTOCOLS, PROTO_ICMP, PROTOCOL_BY_NUMBER
 
 _FILTER = re.compile(
     r"^@(?P<sip>[\d.]+)/(?P<slen>\d+)\s+(?P<dip>[\d.]+)/(?P<dlen>\d+)\s+"

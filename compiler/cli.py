@@ -120,9 +120,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     else:
         _print_diagnostics(result, sys.stderr)
-        n_rules = (
-            sum(len(p.rules) for p in result.program.policies) if result.program else 0
-        )
+        n_rules = sum(len(p.rules) for p in result.program.policies) if result.program else 0
         verdict = summary(result.diagnostics) or "ok"
         extra = f" ({n_rules} IR rules)" if result.program else ""
         print(f"{args.policy}: {verdict}{extra}", file=sys.stderr)
@@ -285,7 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass")
     p.add_argument("--list-passes", action="store_true", help="list the IR passes and exit")
     p.add_argument(
-        "-O", "--optimize", action="store_true", help="run optimisation passes (drop unreachable rules)"
+        "-O",
+        "--optimize",
+        action="store_true",
+        help="run optimisation passes (drop unreachable rules)",
     )
     p.set_defaults(func=cmd_compile)
 

@@ -26,7 +26,7 @@ class _Anchor:
     """A place comments attach to: a statement, a policy's closing brace, or the file end."""
 
     line: int
-    leading: list[str] = field(default_factory=list)
+    leading: list[ast.Comment] = field(default_factory=list)
     trailing: list[str] = field(default_factory=list)
 
 
@@ -73,7 +73,9 @@ def format_clause(clause: ast.Clause) -> str:
 
 def format_action(action: ast.ActionSpec) -> str:
     """The action words of a rule (without the target)."""
-    return f"mark {action.mark}" if action.kind == "mark" else action.kind
+    if action.kind != "mark":
+        return action.kind
+    return f"mark {action.mark:#x}" if action.mark_hex else f"mark {action.mark}"
 
 
 def format_rule(rule: ast.RuleDef) -> str:
@@ -102,8 +104,10 @@ def _format_item_head(item: ast.Item) -> str:
             attrs.append("ip " + ", ".join(a.text for a in item.addresses))
         if item.device is not None:
             attrs.append(f"dev {item.device}")
-        return f"endpoint {item.name} {{ {'; '.join(attrs)} }}" if attrs else (
-            f"endpoint {item.name} {{ }}"
+        return (
+            f"endpoint {item.name} {{ {'; '.join(attrs)} }}"
+            if attrs
+            else (f"endpoint {item.name} {{ }}")
         )
     if isinstance(item, ast.SetDef):
         return f"set {item.name} = {format_set(item.value)}"
@@ -146,7 +150,7 @@ def format_source(source: ast.SourceFile, text: str = "") -> str:
         target = next((a for a in anchors if a.line > comment.line), end)
         if on_line and not _code_before(lines, comment):
             target = on_line[0]
-        target.leading.append(comment.text)
+        target.leading.append(comment)
 
     out: list[str] = []
     prev_end = 0
@@ -159,19 +163,21 @@ def format_source(source: ast.SourceFile, text: str = "") -> str:
             or type(item) is not type(source.items[index - 1])
         ):
             out.append("")
-        out.extend(anchor.leading)
+        _emit_leading(out, anchor, blank, "")
         out.append(_with_trailing(_format_item_head(item), anchor.trailing))
         prev_end = item.pos.end_line
         if isinstance(item, ast.PolicyDef):
             prev_end = _format_policy_body(item, stmt_anchor, blank, out)
             ca = close_anchor[id(item)]
-            out.extend(INDENT + c for c in ca.leading)
+            _emit_leading(out, ca, blank, INDENT)
             out.append(_with_trailing("}", ca.trailing))
             prev_end = ca.line
     if end.leading:
         if out:
             out.append("")
-        out.extend(end.leading)
+        _emit_leading(out, end, blank, "")
+        while out and not out[-1]:
+            out.pop()
     return "\n".join(out) + "\n" if out else ""
 
 
@@ -187,11 +193,22 @@ def _format_policy_body(
         anchor = stmt_anchor[id(stmt)]
         if n > 0 and _blank_between(blank, prev_end, stmt.pos.line):
             out.append("")
-        out.extend(INDENT + c for c in anchor.leading)
+        _emit_leading(out, anchor, blank, INDENT)
         text = format_default(stmt) if isinstance(stmt, ast.DefaultDef) else format_rule(stmt)
         out.append(INDENT + _with_trailing(text, anchor.trailing))
         prev_end = stmt.pos.end_line
     return prev_end
+
+
+def _emit_leading(out: list[str], anchor: _Anchor, blank: set[int], indent: str) -> None:
+    """An anchor's own-line comments, keeping one blank line where the source had any
+    between them or between the last of them and the statement."""
+    for n, comment in enumerate(anchor.leading):
+        if n > 0 and _blank_between(blank, anchor.leading[n - 1].line, comment.line):
+            out.append("")
+        out.append(indent + comment.text)
+    if anchor.leading and _blank_between(blank, anchor.leading[-1].line, anchor.line):
+        out.append("")
 
 
 def _with_trailing(text: str, trailing: list[str]) -> str:

@@ -1,12 +1,16 @@
 """The front end in one call: policy text -> IR program plus diagnostics.
 
->>> result = compile_source("policy p ingress on eth0 {\\n default drop\\n allow tcp dport 22\\n}\\n")
+>>> text = "policy p ingress on eth0 {\\n default drop\\n allow tcp dport 22\\n}\\n"
+>>> result = compile_source(text)
 >>> [str(r.action) for r in result.program.policy("p").rules]
 ['allow', 'drop']
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from compiler import ast
@@ -48,7 +52,29 @@ def compile_source(text: str, path: str = "<input>", *, lint: bool = False) -> C
     return _compile(path, text, lint)
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for one compilation.
+
+    Compiling allocates hundreds of thousands of small acyclic objects (AST,
+    value sets, IR nodes); the collector's full passes over that growing heap
+    cost about 40% of compile time at 10,000 rules while finding nothing.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _compile(path: str, text: str | None, lint: bool) -> Compilation:
+    with _collector_paused():
+        return _compile_unpaused(path, text, lint)
+
+
+def _compile_unpaused(path: str, text: str | None, lint: bool) -> Compilation:
     loaded, diags = load(path, text)
     result = Compilation(None, list(diags), loaded.sources, loaded)
     if has_errors(diags):
@@ -56,7 +82,11 @@ def _compile(path: str, text: str | None, lint: bool) -> Compilation:
     main = loaded.files[loaded.main]
     if not main.source.items:
         result.diagnostics.append(
-            error("empty", f"{main.display} is empty: nothing to compile", ast.Pos(main.display, 0, 0, 0, 0))
+            error(
+                "empty",
+                f"{main.display} is empty: nothing to compile",
+                ast.Pos(main.display, 0, 0, 0, 0),
+            )
         )
         return result
     resolver = Resolver(loaded)
@@ -111,8 +141,7 @@ def lint_policy(policy: Policy) -> list[Diagnostic]:
         else:
             lines = ", ".join(str(r.origin.line) for r in by)
             message = (
-                "rule is never reached: the rules at lines "
-                f"{lines} decide every packet it matches"
+                f"rule is never reached: the rules at lines {lines} decide every packet it matches"
             )
         diags.append(
             warning(

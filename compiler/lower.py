@@ -453,11 +453,15 @@ class Lowerer:
         hi = clause.hi if clause.hi is not None else clause.lo
         if hi > 4095 or clause.lo > 4095:
             self.diags.append(
-                error("bad-vlan", f"VLAN id {max(hi, clause.lo)} is out of range 0-4095", clause.pos)
+                error(
+                    "bad-vlan", f"VLAN id {max(hi, clause.lo)} is out of range 0-4095", clause.pos
+                )
             )
             return None
         if clause.lo > hi:
-            self.diags.append(error("bad-vlan", f"VLAN range {clause.lo}-{hi} is empty", clause.pos))
+            self.diags.append(
+                error("bad-vlan", f"VLAN range {clause.lo}-{hi} is empty", clause.pos)
+            )
             return None
         return ValueSet.of_range(12, clause.lo, hi)
 
@@ -506,21 +510,26 @@ class Lowerer:
             needs.append((icmp_clauses[0], icmp_by_family, "icmp or icmpv6"))
         if flags_clause is not None:
             needs.append((flags_clause, {f: tcp for f in FAMILIES}, "tcp"))
-        if len(needs) > 1:
-            clause_a, _, what_a = needs[0]
-            clause_b, _, what_b = needs[1]
-            self.diags.append(
-                error(
-                    "protocol-conflict",
-                    f"this clause needs {what_b}, but another clause of the rule needs {what_a}",
-                    clause_b.pos,
-                    note("the other clause", clause_a.pos),
-                )
-            )
-            return
         if not needs:
             return
-        clause, required, what = needs[0]
+        required = dict(needs[0][1])
+        for clause_b, req_b, what_b in needs[1:]:
+            combined = {f: required[f] & req_b[f] for f in FAMILIES}
+            if all(v.is_empty() for v in combined.values()):
+                clause_a, _, what_a = needs[0]
+                self.diags.append(
+                    error(
+                        "protocol-conflict",
+                        f"this clause needs {what_b}, but another clause of the rule needs "
+                        f"{what_a}: no packet has both",
+                        clause_b.pos,
+                        note("the other clause", clause_a.pos),
+                    )
+                )
+                return
+            required = combined
+        # The most specific clause names the protocol in messages.
+        clause, _, what = min(needs, key=lambda n: sum(v.size() for v in n[1].values()))
         if parts.protocols is None:
             parts.protocols = dict(required)
             return
@@ -530,14 +539,13 @@ class Lowerer:
             if given.is_empty():
                 continue
             outside = given - required[fam]
-            if not outside.is_empty():
-                # The named protocols each exist in some family; name the culprit.
-                bad = outside.pick()
+            # proto 1 over IPv6 (or 58 over IPv4) carries no ICMP header of that
+            # kind: that family simply cannot match, which narrow_families reports.
+            tolerated = ValueSet.of_values(8, (PROTO_ICMP, PROTO_ICMPV6) if icmp_clauses else ())
+            wrong = outside - tolerated
+            if not wrong.is_empty():
+                bad = wrong.pick()
                 name = next((n for n, v in PROTOCOL_NAMES.items() if v == bad), str(bad))
-                if icmp_clauses and bad in (PROTO_ICMP, PROTO_ICMPV6):
-                    # proto 1 over IPv6 (or 58 over IPv4) carries no ICMP header of that kind.
-                    parts.protocols[fam] = given & required[fam]
-                    continue
                 word = _clause_key(clause)
                 self.diags.append(
                     error(
@@ -548,6 +556,7 @@ class Lowerer:
                     )
                 )
                 return
+            parts.protocols[fam] = given & required[fam]
 
     def narrow_families(self, rdef: ast.RuleDef, parts: _RuleParts) -> None:
         """Keep the families every clause allows; none left is an error that says why."""

@@ -62,9 +62,7 @@ def parse_packet(text: str) -> Packet:
     src_fam, src_addr, sport = _endpoint(tokens[1], has_ports, proto_text)
     dst_fam, dst_addr, dport = _endpoint(tokens[3], has_ports, proto_text)
     if src_fam != dst_fam:
-        raise PacketSyntaxError(
-            "source and destination are of different IP versions", tokens[3][1]
-        )
+        raise PacketSyntaxError("source and destination are of different IP versions", tokens[3][1])
     family = src_fam
     if proto == PROTO_ICMP and family == FAMILY_IPV6 and proto_text == "icmp":
         raise PacketSyntaxError("icmp is for IPv4 addresses; use icmpv6", proto_col)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -183,7 +183,7 @@ class _Builder(Transformer[Token, Any]):
         action = items[0]
         target = items[1] if len(items) > 1 else None
         if target is not None:
-            action = ast.ActionSpec(action.kind, action.mark, target, action.pos)
+            action = ast.ActionSpec(action.kind, action.mark, target, action.pos, action.mark_hex)
         return ast.DefaultDef(action, action.pos)
 
     def rule(self, items: list[Any]) -> ast.RuleDef:
@@ -191,7 +191,7 @@ class _Builder(Transformer[Token, Any]):
         clauses = []
         for item in items[1:]:
             if isinstance(item, ast.NameRef):  # the -> target
-                action = ast.ActionSpec(action.kind, action.mark, item, action.pos)
+                action = ast.ActionSpec(action.kind, action.mark, item, action.pos, action.mark_hex)
             else:
                 clauses.append(item)
         return ast.RuleDef(action, tuple(clauses), self._span(items))
@@ -203,16 +203,15 @@ class _Builder(Transformer[Token, Any]):
         return ast.ActionSpec(str(items[0]), None, None, self._tok_pos(items[0]))
 
     def act_mark(self, items: list[Token]) -> ast.ActionSpec:
-        return ast.ActionSpec("mark", _int(items[1]), None, self._span(items))
+        hex_form = str(items[1]).lower().startswith("0x")
+        return ast.ActionSpec("mark", _int(items[1]), None, self._span(items), hex_form)
 
     # ------------------------------------------------------------- clauses
     def proto_named(self, items: list[Token]) -> ast.ProtoClause:
         return ast.ProtoClause((str(items[0]),), False, self._tok_pos(items[0]))
 
     def proto_explicit(self, items: list[Token]) -> ast.ProtoClause:
-        protos = tuple(
-            str(t) if t.type == "PROTO_NAME" else _int(t) for t in items
-        )
+        protos = tuple(str(t) if t.type == "PROTO_NAME" else _int(t) for t in items)
         return ast.ProtoClause(protos, True, self._span(items))
 
     def addr_clause(self, items: list[Any]) -> ast.AddrClause:
@@ -317,7 +316,9 @@ def parse(text: str, path: str) -> tuple[ast.SourceFile | None, list[Diagnostic]
     finally:
         builder.depths = {}
     # Comments are ignored by the grammar; a separate scan keeps them for fmt.
-    return ast.SourceFile(path, tuple(items), tuple(_scan_comments(text))), []
+    # With an inline transformer, parse() returns what start() returned.
+    items_list = cast(list[ast.Item], items)
+    return ast.SourceFile(path, tuple(items_list), tuple(_scan_comments(text))), []
 
 
 def _scan_comments(text: str) -> list[ast.Comment]:
@@ -354,7 +355,8 @@ def _syntax_error(exc: UnexpectedInput, text: str, path: str) -> Diagnostic:
         message = f"unexpected {_token_words(tok)}; expected {_describe_expected(expected)}"
         return error("syntax", message + (f" ({hint})" if hint else ""), pos)
     if isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if exc.pos_in_stream < len(text) else "?"
+        offset = exc.pos_in_stream or 0
+        char = text[offset] if offset < len(text) else "?"
         pos = ast.Pos(path, line, column, line, column + 1)
         allowed = exc.allowed or set()
         message = f"unexpected character {char!r}"

@@ -29,10 +29,13 @@ from ir.valueset import ValueSet
 # Larger inputs are refused rather than read into memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
+# Words of the language; an endpoint or set may not take one as its name.
 RESERVED_WORDS = frozenset(
-    """any not tcp udp icmp icmpv6 sctp allow drop redirect mirror mark default from to
-    sport dport type code flags vlan dscp proto policy set endpoint include ingress egress
-    on ip dev""".split()
+    (
+        "any not tcp udp icmp icmpv6 sctp allow drop redirect mirror mark default from to "
+        "sport dport type code flags vlan dscp proto policy set endpoint include ingress "
+        "egress on ip dev"
+    ).split()
 )
 
 

@@ -99,7 +99,9 @@ class Space:
             ),
         )
         object.__setattr__(
-            self, "domains", tuple(f.domain if f.domain is not None else f.full for f in self.fields)
+            self,
+            "domains",
+            tuple(f.domain if f.domain is not None else f.full for f in self.fields),
         )
         roots = {f.name for f in self.fields if not f.prerequisite}
         for i, fld in enumerate(self.fields):

@@ -15,6 +15,7 @@ line, so every diagnostic and counterexample can point at source. A
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 from ir.algebra import Cube, format_values
@@ -83,7 +84,9 @@ class Action:
             raise IRError(f"unknown action {self.kind!r}")
         wants_target = self.kind in (REDIRECT, MIRROR)
         if wants_target != (self.target is not None and self.device is not None):
-            raise IRError(f"{self.kind}: target/device {'missing' if wants_target else 'unexpected'}")
+            raise IRError(
+                f"{self.kind}: target/device {'missing' if wants_target else 'unexpected'}"
+            )
         if (self.kind == MARK) != (self.mark is not None):
             raise IRError(f"{self.kind}: mark {'missing' if self.kind == MARK else 'unexpected'}")
         if self.mark is not None and not 0 <= self.mark < (1 << MARK_WIDTH):
@@ -252,7 +255,7 @@ class Policy:
         if any(r.is_default for r in self.rules[:-1]):
             raise IRError(f"policy {self.name}: default rule before the end")
         prios = [r.priority for r in self.rules]
-        if any(a >= b for a, b in zip(prios, prios[1:], strict=False)):
+        if any(a >= b for a, b in itertools.pairwise(prios)):
             raise IRError(f"policy {self.name}: priorities must strictly increase")
 
     @property
@@ -262,9 +265,7 @@ class Policy:
 
     def renumbered(self, rules: tuple[Rule, ...]) -> Policy:
         """A policy with ``rules`` renumbered 0, 1, 2, ... (for passes that drop rules)."""
-        return replace(
-            self, rules=tuple(replace(r, priority=i) for i, r in enumerate(rules))
-        )
+        return replace(self, rules=tuple(replace(r, priority=i) for i, r in enumerate(rules)))
 
 
 @dataclass(frozen=True, slots=True)

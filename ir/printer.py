@@ -13,8 +13,9 @@ from ir.walk import to_data
 
 def format_policy(policy: Policy) -> str:
     """One policy: a header line, then one line per rule with its DSL origin."""
-    out = [f"policy {policy.name} {policy.hook.direction} on {policy.hook.device}"
-           f"   # {policy.origin}"]
+    out = [
+        f"policy {policy.name} {policy.hook.direction} on {policy.hook.device}   # {policy.origin}"
+    ]
     width = len(str(len(policy.rules) - 1))
     for rule in policy.rules:
         label = "default" if rule.is_default else f"rule {rule.priority:>{width}}"
@@ -37,8 +38,6 @@ def program_to_json(program: Program) -> dict[str, Any]:
             for name, values in rule_data["match"]["constraints"]:
                 render = HEADER_SPACE.field(name).render
                 vs = ValueSet(values["width"], tuple(tuple(iv) for iv in values["intervals"]))
-                constraints.append(
-                    {"field": name, "text": format_values(render, vs), **values}
-                )
+                constraints.append({"field": name, "text": format_values(render, vs), **values})
             rule_data["match"]["constraints"] = constraints
     return data

@@ -46,7 +46,9 @@ class ValueSet:
         prev_hi = -2
         for lo, hi in self.intervals:
             if not (0 <= lo <= hi <= top) or lo <= prev_hi + 1:
-                raise ValueError(f"non-canonical intervals {self.intervals!r} for width {self.width}")
+                raise ValueError(
+                    f"non-canonical intervals {self.intervals!r} for width {self.width}"
+                )
             prev_hi = hi
 
     # ----------------------------------------------------------- construction
@@ -258,9 +260,7 @@ class ValueSet:
     def to_ternaries(self) -> list[tuple[int, int]]:
         """The set as ``(value, mask)`` pairs (prefix masks; exact, not necessarily minimal)."""
         top = (1 << self.width) - 1
-        return [
-            (value, (top << (self.width - plen)) & top) for value, plen in self.to_prefixes()
-        ]
+        return [(value, (top << (self.width - plen)) & top) for value, plen in self.to_prefixes()]
 
     def as_prefix(self) -> tuple[int, int] | None:
         """``(value, prefix_len)`` when the set is exactly one prefix, else None."""

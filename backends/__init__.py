@@ -1,0 +1,1 @@
+"""Backends: IR -> BPF C and tc-flower (later work)."""

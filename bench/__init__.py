@@ -1,0 +1,1 @@
+"""Benchmarks and their workload generators (run as ``python -m bench.NAME``)."""

@@ -1,0 +1,1 @@
+"""The flowc DSL front end: grammar, parser, checks, lowering to IR, CLI."""

@@ -1,0 +1,1 @@
+"""The IR: field registry, values, interpreter, header-space algebra, analyses, passes."""

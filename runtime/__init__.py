@@ -1,0 +1,1 @@
+"""Runtime: loading programs, installing rules, the cache agent (later work)."""

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the whole test suite: lint, format check, types,
+# then every test tier this machine can run (unit/property always; kernel
+# tier when root). Fails when any step fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=.venv/bin/python
+echo "== ruff check";        .venv/bin/ruff check .
+echo "== ruff format";       .venv/bin/ruff format --check .
+echo "== mypy";              .venv/bin/mypy
+echo "== pytest"
+# Doctests in the packages run alongside the tests.
+"$PY" -m pytest -q tests compiler ir backends runtime "$@"
