@@ -512,6 +512,7 @@ class Lowerer:
             needs.append((flags_clause, {f: tcp for f in FAMILIES}, "tcp"))
         if not needs:
             return
+        needs.sort(key=lambda n: (n[0].pos.line, n[0].pos.column))
         required = dict(needs[0][1])
         for clause_b, req_b, what_b in needs[1:]:
             combined = {f: required[f] & req_b[f] for f in FAMILIES}

@@ -44,6 +44,10 @@ _TERMINAL_WORDS = {
     "ADDR_DIR": "from/to",
     "PORT_DIR": "sport/dport",
     "ICMP_FIELD": "type/code",
+    "PROTO": "proto",
+    "FLAGS": "flags",
+    "VLAN": "vlan",
+    "DSCP": "dscp",
     "PROTO_NAME": "a protocol (tcp, udp, icmp, icmpv6, sctp)",
     "LBRACE": "{",
     "RBRACE": "}",
@@ -211,7 +215,7 @@ class _Builder(Transformer[Token, Any]):
         return ast.ProtoClause((str(items[0]),), False, self._tok_pos(items[0]))
 
     def proto_explicit(self, items: list[Token]) -> ast.ProtoClause:
-        protos = tuple(str(t) if t.type == "PROTO_NAME" else _int(t) for t in items)
+        protos = tuple(str(t) if t.type == "PROTO_NAME" else _int(t) for t in items[1:])
         return ast.ProtoClause(protos, True, self._span(items))
 
     def addr_clause(self, items: list[Any]) -> ast.AddrClause:
@@ -232,15 +236,13 @@ class _Builder(Transformer[Token, Any]):
         value: int | str = _int(items[1]) if items[1].type == "INT" else str(items[1])
         return ast.IcmpClause(str(items[0]), value, self._span(items))
 
-    def flags_named(self, items: list[tuple[str, bool, ast.Pos]]) -> ast.FlagsClause:
-        named = tuple((name, is_set) for name, is_set, _ in items)
-        positions = tuple(p for _, _, p in items)
+    def flags_named(self, items: list[Any]) -> ast.FlagsClause:
+        keyword, flag_items = items[0], items[1:]
+        named = tuple((name, is_set) for name, is_set, _ in flag_items)
+        positions = tuple(p for _, _, p in flag_items)
+        start = self._tok_pos(keyword)
         span = ast.Pos(
-            self.path,
-            positions[0].line,
-            positions[0].column,
-            positions[-1].end_line,
-            positions[-1].end_column,
+            self.path, start.line, start.column, positions[-1].end_line, positions[-1].end_column
         )
         return ast.FlagsClause(named, None, None, span, positions)
 
@@ -248,15 +250,15 @@ class _Builder(Transformer[Token, Any]):
         return (str(items[-1]).lower(), len(items) == 1, self._span(items))
 
     def flags_masked(self, items: list[Token]) -> ast.FlagsClause:
-        return ast.FlagsClause((), _int(items[0]), _int(items[1]), self._span(items))
+        return ast.FlagsClause((), _int(items[1]), _int(items[2]), self._span(items))
 
     def vlan_clause(self, items: list[Token]) -> ast.VlanClause:
         return ast.VlanClause(
-            _int(items[0]), _int(items[1]) if len(items) > 1 else None, self._span(items)
+            _int(items[1]), _int(items[2]) if len(items) > 2 else None, self._span(items)
         )
 
     def dscp_clause(self, items: list[Token]) -> ast.DscpClause:
-        value: int | str = _int(items[0]) if items[0].type == "INT" else str(items[0])
+        value: int | str = _int(items[1]) if items[1].type == "INT" else str(items[1])
         return ast.DscpClause(value, self._span(items))
 
 

@@ -183,8 +183,12 @@ def _include_cycles(loaded: Loaded) -> list[Diagnostic]:
             if inc_key in loaded.files:
                 graph.add_edge(lf.key, inc_key)
     diags = []
-    for cycle in nx.simple_cycles(graph):
-        # Report each cycle once, at the include that closes it in the cycle's first file.
+    order = {key: i for i, key in enumerate(loaded.files)}
+    for found in nx.simple_cycles(graph):
+        # Report each cycle once, starting from the file loaded first (the main
+        # file when it is on the cycle), so the message does not depend on hashing.
+        start = min(range(len(found)), key=lambda i: order[found[i]])
+        cycle = found[start:] + found[:start]
         first = cycle[0]
         nxt = cycle[1] if len(cycle) > 1 else cycle[0]
         include = next(inc for k, inc in loaded.files[first].includes if k == nxt)
@@ -314,7 +318,10 @@ class Resolver:
                 if isinstance(target, ast.SetDef) and id(target) in defs:
                     graph.add_edge(set_id, id(target))
         in_cycle: set[int] = set()
-        for cycle in nx.simple_cycles(graph):
+        order = {set_id: i for i, set_id in enumerate(defs)}
+        for found in nx.simple_cycles(graph):
+            start = min(range(len(found)), key=lambda i: order[found[i]])
+            cycle = found[start:] + found[:start]
             names = [defs[i][0].name for i in cycle]
             first = defs[cycle[0]][0]
             self.diags.append(
@@ -330,17 +337,25 @@ class Resolver:
         acyclic = graph.subgraph([n for n in graph if n not in in_cycle])
         for set_id in reversed(list(nx.topological_sort(acyclic))):
             set_def, key = defs[set_id]
-            self.set_values[set_id] = self.evaluate_set(set_def.value, key, set_def.name)
+            self.set_values[set_id] = self.evaluate_set(
+                set_def.value, key, set_def.name, set_def.name_pos
+            )
         for set_id in in_cycle:
             self.set_values[set_id] = None
 
     def evaluate_set(
-        self, literal: ast.SetLit, file_key: str, name: str | None = None
+        self,
+        literal: ast.SetLit,
+        file_key: str,
+        name: str | None = None,
+        name_pos: ast.Pos | None = None,
     ) -> AddrValue | ValueSet | None:
         """A set literal's value: addresses or ports (None after reporting an error)."""
         label = f"set {name!r}" if name else "set"
         if not literal.elements:
-            self.diags.append(error("empty-set", f"{label} is empty", literal.pos))
+            # "{ }" has no positioned token; point at the set's name when it has one.
+            where = name_pos if literal.pos.line == 0 and name_pos is not None else literal.pos
+            self.diags.append(error("empty-set", f"{label} is empty", where))
             return None
         addresses: AddrValue | None = None
         ports: ValueSet | None = None
@@ -358,9 +373,9 @@ class Resolver:
                 self.diags.append(
                     error(
                         "mixed-set",
-                        f"{label} mixes addresses and ports: this is a {kind}",
+                        f"{label} mixes addresses and ports: this is {_article(kind)}",
                         _element_pos(element),
-                        note(f"the first element is a {first_kind[0]}", first_kind[1]),
+                        note(f"the first element is {_article(first_kind[0])}", first_kind[1]),
                     )
                 )
                 ok = False
@@ -491,6 +506,10 @@ def _names_in(literal: ast.SetLit) -> Iterable[ast.NameRef]:
             yield element
         elif isinstance(element, ast.SetLit):
             stack.extend(element.elements)
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def _element_pos(element: ast.SetElement) -> ast.Pos:
