@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|---:|---:|",
     ]
     for label, size, r in rows:
-        lines.append(
-            f"| {label} | {size} | {int(r['ir_rules'])} | {r['seconds']:.2f} | {r['peak_mib']:.0f} |"
-        )
+        cells = [label, str(size), str(int(r["ir_rules"])), f"{r['seconds']:.2f}"]
+        cells.append(f"{r['peak_mib']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)

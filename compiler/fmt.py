@@ -227,6 +227,8 @@ def _code_before(lines: list[str], comment: ast.Comment) -> bool:
 
 def _closing_brace_line(lines: list[str], policy: ast.PolicyDef) -> int:
     """The line of the '}' that closes ``policy`` (braces counted outside comments)."""
+    if policy.pos.line <= 0:  # built, not parsed: no source to look at
+        return len(lines)
     depth = 0
     for lineno in range(policy.pos.line, len(lines) + 1):
         code = lines[lineno - 1].split("#", 1)[0]

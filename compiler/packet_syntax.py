@@ -49,7 +49,9 @@ class PacketSyntaxError(ValueError):
 
 
 def parse_packet(text: str) -> Packet:
-    """Read one packet description (see the module docstring for the syntax)."""
+    """Read one packet description (see the module docstring for the syntax); a ``#``
+    starts a comment."""
+    text = text.split("#", 1)[0]
     tokens = [(m.group(), m.start() + 1) for m in _TOKEN.finditer(text)]
     if not tokens:
         raise PacketSyntaxError("empty packet; expected e.g. 'tcp 10.0.0.1:1234 -> 10.0.0.2:80'", 1)

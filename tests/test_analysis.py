@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 
 from ir import analysis
 from ir.interp import evaluate
-from ir.model import Action, Hook, Match, Origin, Policy, Rule
+from ir.model import Action, Hook, Match, Origin, Policy, Program, Rule
 from ir.packet import Packet
 from ir.passes import drop_unreachable
-from ir.model import Program
 from ir.valueset import ValueSet
 
 BASE = 0x0A000000  # 10.0.0.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from compiler.diagnostics import ERROR, WARNING, render
-from compiler.frontend import compile_file
+from compiler.frontend import Compilation, compile_file
 from tests.golden import check_golden
 
 P = "policy p ingress on eth0 {{\n    default drop\n{}\n}}\n"
@@ -105,7 +105,8 @@ CASES: list[tuple[str, dict[str, str], str, int, int]] = [
     (
         "duplicate-policy",
         {
-            "main.fw": "policy p ingress on a { default drop }\npolicy p ingress on b { default drop }\n"
+            "main.fw": "policy p ingress on a { default drop }\n"
+            + "policy p ingress on b { default drop }\n"
         },
         "duplicate-policy",
         2,
@@ -114,7 +115,8 @@ CASES: list[tuple[str, dict[str, str], str, int, int]] = [
     (
         "duplicate-hook",
         {
-            "main.fw": "policy p ingress on a { default drop }\npolicy q ingress on a { default drop }\n"
+            "main.fw": "policy p ingress on a { default drop }\n"
+            + "policy q ingress on a { default drop }\n"
         },
         "duplicate-hook",
         2,
@@ -208,7 +210,7 @@ CASES: list[tuple[str, dict[str, str], str, int, int]] = [
 ]
 
 
-def _compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]):
+def _compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]) -> Compilation:
     for name, text in files.items():
         (tmp_path / name).write_bytes(text.encode("utf-8", "surrogateescape"))
     monkeypatch.chdir(tmp_path)
