@@ -91,7 +91,8 @@ def test_diamond_include_is_fine(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (tmp_path / "l.fw").write_text('include "base.fw"\n')
     (tmp_path / "r.fw").write_text('include "base.fw"\n')
     (tmp_path / "main.fw").write_text(
-        'include "l.fw"\ninclude "r.fw"\npolicy p ingress on eth0 { default drop\n allow from nets }\n'
+        'include "l.fw"\ninclude "r.fw"\n'
+        "policy p ingress on eth0 { default drop\n allow from nets }\n"
     )
     code, err = check(capsys, tmp_path / "main.fw")
     assert code == 0, err
@@ -122,5 +123,5 @@ def test_very_long_line_diagnostic(tmp_path: Path, capsys: pytest.CaptureFixture
     path.write_text(f"policy p ingress on eth0 {{ default drop\n{rule}\n}}\n")
     code, err = check(capsys, path)
     assert code == 1 and "unknown name 'nope'" in err
-    caret_line = [line for line in err.splitlines() if "^" in line][0]
+    caret_line = next(line for line in err.splitlines() if "^" in line)
     assert len(caret_line) < 200

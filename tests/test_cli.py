@@ -131,7 +131,8 @@ def test_eval_packets_file_reports_bad_lines_and_goes_on(
 ) -> None:
     packets = tmp_path / "packets.txt"
     packets.write_text(
-        "# a comment\n\ntcp 10.0.3.7:1 -> 10.0.1.10:443\n  tcp 1.1.1.1 -> 2.2.2.2:3\nicmp 1.1.1.1 -> 10.0.0.1\n"
+        "# a comment\n\ntcp 10.0.3.7:1 -> 10.0.1.10:443\n"
+        "  tcp 1.1.1.1 -> 2.2.2.2:3\nicmp 1.1.1.1 -> 10.0.0.1\n"
     )
     code, out, err = run(capsys, "eval", UPLINK, "--packets", str(packets), "--json")
     assert code == 1
