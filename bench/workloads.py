@@ -110,20 +110,32 @@ def generate_rules(family: str, count: int, seed: int) -> list[GenRule]:
         "ipc": [6] * 4 + [17] * 3 + [1] + [None] * 2,
     }[family]
     rules = []
-    for _ in range(count):
+    while len(rules) < count:
         proto = rng.choice(protos)
         has_ports = proto in (6, 17)
-        rules.append(
-            GenRule(
-                _prefix(rng, pool, src_lengths),
-                _prefix(rng, pool, dst_lengths),
-                _ports(rng, family, False) if has_ports else (0, 65535),
-                _ports(rng, family, True) if has_ports else (0, 65535),
-                proto,
-                rng.choice(["allow", "allow", "drop"]),
-            )
+        rule = GenRule(
+            _prefix(rng, pool, src_lengths),
+            _prefix(rng, pool, dst_lengths),
+            _ports(rng, family, False) if has_ports else (0, 65535),
+            _ports(rng, family, True) if has_ports else (0, 65535),
+            proto,
+            rng.choice(["allow", "allow", "drop"]),
         )
+        if _specificity(rule) < 16:
+            continue  # near-wildcard rules would shadow most of the set; real sets rarely have them
+        rules.append(rule)
+    # Real filter sets list specific rules before general ones (as ClassBench's
+    # sets do); random order would leave most rules shadowed.
+    rules.sort(key=_specificity, reverse=True)
     return rules
+
+
+def _specificity(rule: GenRule) -> float:
+    """Bits of the header a rule pins down (prefix bits, port-range bits, protocol)."""
+    bits = float(rule.src[1] + rule.dst[1])
+    for lo, hi in (rule.sport, rule.dport):
+        bits += 16 - (hi - lo + 1).bit_length() + 1 if (lo, hi) != (0, 65535) else 0
+    return bits + (8 if rule.proto is not None else 0)
 
 
 def policy_text(family: str, count: int, seed: int, device: str = "eth0") -> str:

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* flowc BPF runtime: what the tc/tcx entry point does. Include last, after
+ * the generated flowc_classify() and the maps it uses. */
+#pragma once
+
+#include "flowc_common.h"
+
+static __always_inline void flowc_count(__u32 status)
+{
+	__u64 *count = flowc_status.lookup(&status);
+
+	if (count)
+		*count += 1;
+}
+
+/* Report a flow to the agent, at most once per dedup interval per flow. */
+static __always_inline void flowc_report(const struct flowc_key *k, __u32 rule,
+					 const struct flowc_config *cfg, __u64 now)
+{
+	struct flowc_event *ev;
+	__u64 *seen = flowc_reported.lookup((struct flowc_key *)k);
+
+	if (seen && now - *seen < cfg->dedup_ns)
+		return;
+	ev = flowc_events.ringbuf_reserve(sizeof(*ev));
+	if (!ev) {
+		flowc_count(FLOWC_STATUS_EVENTS_LOST);
+		return;
+	}
+	__builtin_memcpy(&ev->key, k, sizeof(*k));
+	ev->rule = rule;
+	ev->generation = cfg->generation;
+	ev->ts_ns = now;
+	flowc_events.ringbuf_submit(ev, 0);
+	flowc_reported.update((struct flowc_key *)k, &now);
+	flowc_count(FLOWC_STATUS_EVENTS_SENT);
+}
+
+/* The body of the tc/tcx entry point (cls_bpf direct-action or tcx, ingress
+ * or egress); the generated file defines flowc_tc() around it, because bcc
+ * only turns functions of the main file into programs. */
+static __always_inline int flowc_run(struct __sk_buff *skb)
+{
+	struct flowc_key k;
+	struct flowc_action *action;
+	struct flowc_rule_stats *stats;
+	struct flowc_config *cfg;
+	__u32 zero = 0;
+	__u32 rule;
+	__s32 found;
+	__u64 now;
+	int status;
+
+	skb->cb[0] = 0;
+	status = flowc_parse(skb, &k);
+	if (status == FLOWC_PARSE_NOT_IP) {
+		flowc_count(FLOWC_STATUS_NOT_IP);
+		return FLOWC_TC_ACT_OK;
+	}
+	if (status != FLOWC_PARSE_OK) {
+		flowc_count(FLOWC_STATUS_MALFORMED);
+		return FLOWC_TC_ACT_SHOT;
+	}
+	found = flowc_classify(&k);
+	if (found < 0 || found >= FLOWC_N_RULES) {
+		flowc_count(FLOWC_STATUS_NO_RULE);
+		return FLOWC_TC_ACT_SHOT; /* fail closed */
+	}
+	rule = found;
+	action = flowc_actions.lookup(&rule);
+	if (!action) {
+		flowc_count(FLOWC_STATUS_NO_RULE);
+		return FLOWC_TC_ACT_SHOT;
+	}
+	/* The deciding rule, for BPF_PROG_TEST_RUN and for programs after us. */
+	skb->cb[0] = rule + 1;
+	now = bpf_ktime_get_ns();
+	stats = flowc_rule_stats.lookup(&rule);
+	if (stats) {
+		stats->packets += 1;
+		stats->bytes += skb->len;
+		stats->last_ns = now;
+	}
+	cfg = flowc_config.lookup(&zero);
+	if (cfg && (cfg->flags & FLOWC_CONFIG_F_EVENTS))
+		flowc_report(&k, rule, cfg, now);
+
+	switch (action->kind) {
+	case FLOWC_ACTION_ALLOW:
+		return FLOWC_TC_ACT_OK;
+	case FLOWC_ACTION_REDIRECT:
+		if (action->flags & FLOWC_ACTION_F_PEER)
+			return bpf_redirect_peer(action->ifindex, 0);
+		return bpf_redirect(action->ifindex, 0);
+	case FLOWC_ACTION_MIRROR:
+		bpf_clone_redirect(skb, action->ifindex, 0);
+		return FLOWC_TC_ACT_OK;
+	case FLOWC_ACTION_MARK:
+		skb->mark = action->mark;
+		return FLOWC_TC_ACT_OK;
+	default:
+		return FLOWC_TC_ACT_SHOT;
+	}
+}

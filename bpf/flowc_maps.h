@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* flowc BPF runtime: the maps every flowc program has, whatever its policy.
+ * Include after defining FLOWC_N_RULES. */
+#pragma once
+
+#include "flowc_common.h"
+
+/* rule id -> what to do */
+BPF_ARRAY(flowc_actions, struct flowc_action, FLOWC_N_RULES);
+/* rule id -> packets, bytes, last hit (per CPU, summed by the agent) */
+BPF_PERCPU_ARRAY(flowc_rule_stats, struct flowc_rule_stats, FLOWC_N_RULES);
+/* FLOWC_STATUS_* -> count */
+BPF_PERCPU_ARRAY(flowc_status, __u64, FLOWC_STATUS_COUNT);
+/* one entry: generation, flags, dedup interval */
+BPF_ARRAY(flowc_config, struct flowc_config, 1);
+/* miss events for the agent */
+BPF_RINGBUF_OUTPUT(flowc_events, 64);
+/* flows reported recently, so one flow does not flood the ring buffer */
+BPF_TABLE("lru_hash", struct flowc_key, __u64, flowc_reported, 65536);

@@ -1,0 +1,250 @@
+"""Compile a generated slow path with bcc, load it (the real verifier), fill its maps.
+
+Failures come back as :class:`BpfLoadError` with the compiler's or the
+verifier's own words (the tail of its log), never as a bcc traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from backends.bpf_c import BPF_DIR, ENTRY_FUNCTION, BpfProgram
+from backends.bpf_tables import LPM4, LPM6, ClassifierTables
+from ir.model import MIRROR, REDIRECT, Policy
+from runtime import bpf_abi
+
+LOG_TAIL_LINES = 25
+
+
+class BpfLoadError(Exception):
+    """Compiling or loading the program failed.
+
+    Attributes:
+        stage: ``compile``, ``verifier`` or ``maps``.
+        log_tail: the last lines of clang's or the verifier's output.
+        dsl_line: the policy line involved, when the log names one.
+    """
+
+    def __init__(self, stage: str, message: str, log_tail: str = "", dsl_line: int | None = None):
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.log_tail = log_tail
+        self.dsl_line = dsl_line
+
+    def __str__(self) -> str:
+        where = f" (policy line {self.dsl_line})" if self.dsl_line else ""
+        tail = f"\n{self.log_tail}" if self.log_tail else ""
+        return f"{self.stage} failed{where}: {self.message}{tail}"
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what C code writes to fd 2 (libbcc prints clang errors and verifier logs)."""
+    captured: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", "replace"))
+
+
+def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _dsl_line(log: str, program: BpfProgram) -> int | None:
+    """The DSL line the verifier log points at, via the rule comments the C carries."""
+    for match in reversed(re.findall(r"(?:rule \d+|default): \S+:(\d+)", log)):
+        return int(match)
+    del program
+    return None
+
+
+def device_ifindex(name: str) -> int:
+    """The ifindex of a network device in this network namespace (OSError if none)."""
+    return socket.if_nametoindex(name)
+
+
+class SlowPath:
+    """A flowc program compiled, verified and loaded, with its maps filled.
+
+    Args:
+        program: the generated C and tables (``backends.bpf_c.lower``).
+        ifindex_of: resolves redirect/mirror devices to ifindexes.
+        generation: policy generation stamped on miss events.
+        events: emit miss events on the ring buffer.
+        dedup_ns: report a flow at most once per this interval.
+        peer_redirect: redirect with bpf_redirect_peer (target is a veth/netkit peer).
+    """
+
+    def __init__(
+        self,
+        program: BpfProgram,
+        *,
+        ifindex_of: Callable[[str], int] = device_ifindex,
+        generation: int = 1,
+        events: bool = False,
+        dedup_ns: int = 1_000_000_000,
+        peer_redirect: bool = False,
+    ) -> None:
+        from bcc import BPF  # Debian's python3-bpfcc; imported late so unit tiers need no bcc
+
+        self.program = program
+        self.ifindex_of = ifindex_of
+        self.peer_redirect = peer_redirect
+        cflags = [f"-I{BPF_DIR}", "-Wno-unused-function", "-Wno-compare-distinct-pointer-types"]
+        with _captured_stderr() as out:
+            try:
+                self.bpf = BPF(text=program.source.encode(), cflags=cflags)
+            except Exception as exc:
+                compile_error: Exception | None = exc
+            else:
+                compile_error = None
+        if compile_error is not None:
+            raise BpfLoadError("compile", str(compile_error), _tail(out[0])) from None
+        with _captured_stderr() as out:
+            try:
+                self.fn = self.bpf.load_func(ENTRY_FUNCTION.encode(), BPF.SCHED_CLS)
+            except Exception as exc:
+                load_error: Exception | None = exc
+            else:
+                load_error = None
+        if load_error is not None:
+            log = out[0]
+            self.bpf.cleanup()
+            raise BpfLoadError(
+                "verifier", str(load_error), _tail(log), _dsl_line(log, program)
+            ) from None
+        try:
+            self.fill(program.policy, generation=generation, events=events, dedup_ns=dedup_ns)
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def fd(self) -> int:
+        """The program's file descriptor."""
+        fd: int = self.fn.fd
+        return fd
+
+    def table(self, name: str) -> Any:
+        """A bcc table of the program."""
+        return self.bpf[name.encode()]
+
+    # ------------------------------------------------------------ filling
+    def fill(self, policy: Policy, *, generation: int, events: bool, dedup_ns: int) -> None:
+        """Write the actions, classifier tables and config for ``policy``."""
+        if self.program.tables is not None:
+            self._fill_tables(self.program.tables)
+        actions = self.table("flowc_actions")
+        for rule in policy.rules:
+            entry = bpf_abi.ActionEntry(kind=bpf_abi.ACTION_CODES[rule.action.kind])
+            if rule.action.kind in (REDIRECT, MIRROR):
+                assert rule.action.device is not None
+                try:
+                    entry.ifindex = self.ifindex_of(rule.action.device)
+                except OSError:
+                    raise BpfLoadError(
+                        "maps",
+                        f"device {rule.action.device!r} ({rule.action.kind} target of "
+                        f"{rule.origin}) does not exist",
+                        dsl_line=rule.origin.line,
+                    ) from None
+                if rule.action.kind == REDIRECT and self.peer_redirect:
+                    entry.flags = bpf_abi.ACTION_F_PEER
+            if rule.action.mark is not None:
+                entry.mark = rule.action.mark
+            actions[ct.c_uint32(rule.priority)] = entry
+        self.set_config(generation=generation, events=events, dedup_ns=dedup_ns)
+
+    def set_config(self, *, generation: int, events: bool, dedup_ns: int) -> None:
+        """Rewrite the config entry (generation, event flag, dedup interval)."""
+        config = bpf_abi.Config(
+            generation=generation,
+            flags=bpf_abi.CONFIG_F_EVENTS if events else 0,
+            dedup_ns=dedup_ns,
+        )
+        self.table("flowc_config")[ct.c_uint32(0)] = config
+
+    def _fill_tables(self, tables: ClassifierTables) -> None:
+        for field_table in tables.fields:
+            cls_map = self.table(f"flowc_cls_{field_table.field}")
+            if field_table.kind in (LPM4, LPM6):
+                width = 4 if field_table.kind == LPM4 else 16
+                for value, plen, cls in field_table.lpm_entries():
+                    key = cls_map.Key()
+                    key.prefixlen = plen
+                    for i, byte in enumerate(value.to_bytes(width, "big")):
+                        key.addr[i] = byte
+                    cls_map[key] = ct.c_uint32(cls)
+            else:
+                size = 1 << field_table.width
+                keys = (ct.c_uint32 * size)(*range(size))
+                values = (ct.c_uint32 * size)()
+                for lo, hi, cls in field_table.intervals:
+                    for v in range(lo, hi + 1):
+                        values[v] = cls
+                cls_map.items_update_batch(keys, values)
+            bv_map = self.table(f"flowc_bv_{field_table.field}")
+            n = len(field_table.classes)
+            keys = (ct.c_uint32 * n)(*range(n))
+            leaves = (bv_map.Leaf * n)()
+            for cls, bits in enumerate(field_table.classes):
+                summary, words = tables.bitvector_words(bits)
+                for i, word in enumerate(summary):
+                    leaves[cls].summary[i] = word
+                for i, word in enumerate(words):
+                    leaves[cls].words[i] = word
+            bv_map.items_update_batch(keys, leaves)
+
+    # ----------------------------------------------------------- reading
+    def rule_stats(self) -> list[tuple[int, int, int]]:
+        """(packets, bytes, last hit ns) per rule id, summed over CPUs."""
+        stats = self.table("flowc_rule_stats")
+        out = []
+        for rule in range(len(self.program.policy.rules)):
+            per_cpu = stats[ct.c_uint32(rule)]
+            out.append(
+                (
+                    sum(s.packets for s in per_cpu),
+                    sum(s.bytes for s in per_cpu),
+                    max(s.last_ns for s in per_cpu),
+                )
+            )
+        return out
+
+    def status(self) -> dict[str, int]:
+        """The status counters (non-IP, malformed, events sent/lost, ...)."""
+        table = self.table("flowc_status")
+        return {
+            name: int(sum(table[ct.c_uint32(i)])) for i, name in enumerate(bpf_abi.STATUS_NAMES)
+        }
+
+    def open_events(self, callback: Callable[[bpf_abi.Event], None]) -> None:
+        """Deliver ring-buffer events to ``callback`` when :meth:`poll_events` runs."""
+
+        def on_event(_ctx: Any, data: Any, _size: int) -> None:
+            callback(ct.cast(data, ct.POINTER(bpf_abi.Event)).contents)
+
+        self.table("flowc_events").open_ring_buffer(on_event)
+
+    def poll_events(self, timeout_ms: int = 100) -> None:
+        """Wait up to ``timeout_ms`` for events and deliver them."""
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def close(self) -> None:
+        """Release the program and its maps (attached copies stay until detached)."""
+        self.bpf.cleanup()
