@@ -109,7 +109,7 @@ def generate_rules(family: str, count: int, seed: int) -> list[GenRule]:
         "fw": [6] * 5 + [17] * 3 + [None] * 2,
         "ipc": [6] * 4 + [17] * 3 + [1] + [None] * 2,
     }[family]
-    rules = []
+    rules: list[GenRule] = []
     while len(rules) < count:
         proto = rng.choice(protos)
         has_ports = proto in (6, 17)

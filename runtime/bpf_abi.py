@@ -68,6 +68,8 @@ class FlowKey(ct.Structure):
         return Packet.make(**fields)
 
     def __str__(self) -> str:
+        src: ipaddress.IPv4Address | ipaddress.IPv6Address
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address
         if self.family == 4:
             src = ipaddress.IPv4Address(bytes(self.ip4_src))
             dst = ipaddress.IPv4Address(bytes(self.ip4_dst))
