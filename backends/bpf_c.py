@@ -220,9 +220,12 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
         f"\t\t__u64 summary = {summary_and};",
         "",
         "\t\tfor (__u32 i = 0; i < 64 && summary; i++) {",
-        "\t\t\t__u32 w = s * 64 + flowc_ctz64(summary);",
+        "\t\t\t__u64 w = s * 64 + flowc_ctz64(summary);",
         "\t\t\t__u64 word;",
         "",
+        "\t\t\t/* Keep w in one register for the check and the index below, so the",
+        "\t\t\t * verifier sees the bound the check establishes. */",
+        '\t\t\tasm volatile("" : "+r"(w));',
         "\t\t\tif (w >= FLOWC_N_WORDS)",
         "\t\t\t\tbreak;",
         f"\t\t\tword = {word_and};",
@@ -269,8 +272,18 @@ def _lookup_lines(t: FieldTable) -> list[str]:
 # ------------------------------------------------------------------- chain
 def _chain_classifier(policy: Policy) -> list[str]:
     out = [
-        "/* Big-endian loads of IPv6 address halves, for prefix tests. */",
-        "static __always_inline __u64 flowc_be64(const __u8 *p)",
+        "/* Every test reads the key afresh (volatile): if values stayed in registers",
+        " * across rules, the verifier would carry what each failed test taught it",
+        " * about them and explore exponentially many states. */",
+        "#define FLOWC_FIELD(f) (*(volatile typeof(k->f) *)&k->f)",
+        "",
+        "static __always_inline __u32 flowc_ip4(const volatile __u32 *p)",
+        "{",
+        "\treturn bpf_ntohl(*p);",
+        "}",
+        "",
+        "/* Big-endian 64-bit half of an IPv6 address, for prefix tests. */",
+        "static __always_inline __u64 flowc_ip6_half(const volatile __u8 *p)",
         "{",
         "\t__u64 v = 0;",
         "",
@@ -283,20 +296,6 @@ def _chain_classifier(policy: Policy) -> list[str]:
         "/* First match, in priority order: one test per rule. */",
         "static __always_inline __s32 flowc_classify(const struct flowc_key *k)",
         "{",
-    ]
-    uses_ip6 = any(
-        HEADER_SPACE.field(n).render == RENDER_IP6
-        for r in policy.rules
-        for n, _ in r.match.constraints
-    )
-    if uses_ip6:
-        out += [
-            "\t__u64 s6hi = flowc_be64(k->ip6_src), s6lo = flowc_be64(k->ip6_src + 8);",
-            "\t__u64 d6hi = flowc_be64(k->ip6_dst), d6lo = flowc_be64(k->ip6_dst + 8);",
-        ]
-    out += [
-        "\t__u32 s4 = bpf_ntohl(k->ip4_src), d4 = bpf_ntohl(k->ip4_dst);",
-        "",
     ]
     for rule in policy.rules:
         label = "default" if rule.is_default else f"rule {rule.priority}"
@@ -317,12 +316,12 @@ def _condition(name: str, values: ValueSet) -> str:
     render = HEADER_SPACE.field(name).render
     parts: list[str] = []
     if render == RENDER_IP4:
-        var = "s4" if name.endswith("src") else "d4"
+        var = f"flowc_ip4(&k->{name})"
         for value, plen in values.to_prefixes():
             mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
             parts.append(f"({var} & {mask:#010x}U) == {value:#010x}U")
     elif render == RENDER_IP6:
-        hi, lo = ("s6hi", "s6lo") if name.endswith("src") else ("d6hi", "d6lo")
+        hi, lo = f"flowc_ip6_half(k->{name})", f"flowc_ip6_half(k->{name} + 8)"
         for value, plen in values.to_prefixes():
             v_hi, v_lo = value >> 64, value & ((1 << 64) - 1)
             if plen <= 64:
@@ -332,11 +331,52 @@ def _condition(name: str, values: ValueSet) -> str:
                 mask = ((1 << 64) - 1) ^ ((1 << (128 - plen)) - 1)
                 parts.append(f"({hi} == {v_hi:#x}ULL && ({lo} & {mask:#x}ULL) == {v_lo:#x}ULL)")
     else:
+        var = f"FLOWC_FIELD({name})"
         for lo_v, hi_v in values.intervals:
             if lo_v == hi_v:
-                parts.append(f"k->{name} == {lo_v}")
+                parts.append(f"{var} == {lo_v}")
             else:
-                parts.append(f"(k->{name} >= {lo_v} && k->{name} <= {hi_v})")
+                parts.append(f"({var} >= {lo_v} && {var} <= {hi_v})")
     if not parts:
         return "0"
     return parts[0] if len(parts) == 1 else "(" + " || ".join(parts) + ")"
+
+
+def maps_json(program: BpfProgram) -> dict[str, object]:
+    """What the program's maps must hold, as JSON data (``flowc compile --emit bpf``)."""
+    rules = [
+        {
+            "rule": r.priority,
+            "action": r.action.kind,
+            "device": r.action.device,
+            "mark": r.action.mark,
+            "file": r.origin.file,
+            "line": r.origin.line,
+            "default": r.is_default,
+        }
+        for r in program.policy.rules
+    ]
+    fields: list[dict[str, object]] = []
+    if program.tables is not None:
+        for t in program.tables.fields:
+            entry: dict[str, object] = {
+                "field": t.field,
+                "kind": t.kind,
+                "classes": [f"{bits:#x}" for bits in t.classes],
+                "intervals": [list(iv) for iv in t.intervals],
+            }
+            if t.kind in (LPM4, LPM6):
+                entry["lpm"] = [[f"{v:#x}", plen, cls] for v, plen, cls in t.lpm_entries()]
+            fields.append(entry)
+    caps = program.capacities
+    return {
+        "policy": program.policy.name,
+        "strategy": program.strategy,
+        "n_rules": caps.n_rules,
+        "n_words": caps.n_words,
+        "n_summary": caps.n_summary,
+        "class_capacity": dict(caps.classes),
+        "lpm_capacity": dict(caps.lpm_entries),
+        "actions": rules,
+        "fields": fields,
+    }

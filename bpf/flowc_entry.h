@@ -41,7 +41,7 @@ static __always_inline void flowc_report(const struct flowc_key *k, __u32 rule,
  * only turns functions of the main file into programs. */
 static __always_inline int flowc_run(struct __sk_buff *skb)
 {
-	struct flowc_key k;
+	struct flowc_key *k;
 	struct flowc_action *action;
 	struct flowc_rule_stats *stats;
 	struct flowc_config *cfg;
@@ -52,7 +52,10 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	int status;
 
 	skb->cb[0] = 0;
-	status = flowc_parse(skb, &k);
+	k = flowc_scratch.lookup(&zero);
+	if (!k)
+		return FLOWC_TC_ACT_SHOT;
+	status = flowc_parse(skb, k);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
 		return FLOWC_TC_ACT_OK;
@@ -61,7 +64,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 		flowc_count(FLOWC_STATUS_MALFORMED);
 		return FLOWC_TC_ACT_SHOT;
 	}
-	found = flowc_classify(&k);
+	found = flowc_classify(k);
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_TC_ACT_SHOT; /* fail closed */
@@ -83,7 +86,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	}
 	cfg = flowc_config.lookup(&zero);
 	if (cfg && (cfg->flags & FLOWC_CONFIG_F_EVENTS))
-		flowc_report(&k, rule, cfg, now);
+		flowc_report(k, rule, cfg, now);
 
 	switch (action->kind) {
 	case FLOWC_ACTION_ALLOW:

@@ -83,6 +83,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if status or result.program is None:
         return status
     program = run_passes(result.program, optimize=args.optimize, until=args.dump_after)
+    if args.emit == "bpf":
+        return _emit_bpf(program, args)
     if args.hook is not None:
         program = Program((_select_policy(program, args.hook),))
     if args.format == "json":
@@ -90,6 +92,78 @@ def cmd_compile(args: argparse.Namespace) -> int:
     else:
         text = format_program(program)
     _write_output(text, args.output)
+    return EXIT_OK
+
+
+def _emit_bpf(program: Program, args: argparse.Namespace) -> int:
+    """Write the slow-path C (and, with -o DIR, the map contents as JSON)."""
+    from backends.bpf_c import lower, maps_json
+
+    policy = _select_policy(program, args.hook)
+    bpf = lower(policy, args.strategy)
+    if args.output is None or args.output == "-":
+        sys.stdout.write(bpf.source)
+        return EXIT_OK
+    out_dir = Path(args.output)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{policy.name}.bpf.c").write_text(bpf.source)
+        (out_dir / f"{policy.name}.maps.json").write_text(
+            json.dumps(maps_json(bpf), indent=1) + "\n"
+        )
+    except OSError as exc:
+        raise UsageError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+    print(
+        f"wrote {out_dir / (policy.name + '.bpf.c')} and {policy.name}.maps.json", file=sys.stderr
+    )
+    return EXIT_OK
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """``flowc load``: compile, verify, load and attach the slow path on a device."""
+    from backends.bpf_c import lower
+    from runtime.bpf_loader import BpfLoadError, SlowPath
+    from runtime.tc_attach import AttachError, attach
+
+    result, status = _compile_or_report(args.policy)
+    if status or result.program is None:
+        return status
+    policy = _select_policy(result.program, args.hook)
+    device = args.dev or policy.hook.device
+    direction = args.direction or policy.hook.direction
+    try:
+        slow_path = SlowPath(lower(policy, args.strategy), peer_redirect=args.peer)
+    except BpfLoadError as exc:
+        line = f"{policy.origin.file}:{exc.dsl_line}: " if exc.dsl_line else ""
+        print(f"flowc: {line}error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        where = attach(slow_path.fd, device, direction, mode=args.mode)
+    except AttachError as exc:
+        print(f"flowc: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        slow_path.close()  # the attached copy stays; this process's handles go
+    print(
+        f"loaded policy {policy.name} ({len(policy.rules)} rules, {args.strategy}) on "
+        f"{where.direction} of {where.device} ({where.mode})"
+    )
+    return EXIT_OK
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    """``flowc unload``: remove flowc's program from a device hook."""
+    from runtime.tc_attach import AttachError, detach
+
+    try:
+        removed = detach(args.dev, args.direction, mode=args.mode)
+    except AttachError as exc:
+        print(f"flowc: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if not removed:
+        print(f"flowc: nothing attached on {args.direction} of {args.dev}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"unloaded {args.direction} of {args.dev}")
     return EXIT_OK
 
 
@@ -276,10 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile a policy and print its IR")
     p.add_argument("policy", nargs="?", metavar="POLICY", help="policy file (.fw)")
-    p.add_argument("--emit", choices=["ir"], default="ir", help="what to produce (default: ir)")
+    p.add_argument(
+        "--emit",
+        choices=["ir", "bpf"],
+        default="ir",
+        help="ir: the IR; bpf: slow-path C (with -o DIR also the map contents as JSON)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=["bitvec", "chain"],
+        default="bitvec",
+        help="BPF classifier: bitvec (map-based, default) or chain (one if per rule)",
+    )
     p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     p.add_argument("--hook", metavar="NAME", help="only this policy")
-    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("-o", "--output", metavar="PATH", help="write here instead of stdout")
     p.add_argument("--dump-after", metavar="PASS", help="print the IR after this pass")
     p.add_argument("--list-passes", action="store_true", help="list the IR passes and exit")
     p.add_argument(
@@ -309,6 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packets", metavar="FILE", help="one packet per line ('-' for stdin)")
     p.add_argument("--json", action="store_true", help="one JSON object per packet")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("load", help="compile, verify and attach the BPF slow path (root)")
+    p.add_argument("policy", metavar="POLICY")
+    p.add_argument("--hook", metavar="NAME", help="the policy to load (needed if several)")
+    p.add_argument("--dev", help="device (default: the policy's own)")
+    p.add_argument("--direction", choices=["ingress", "egress"], help="default: the policy's own")
+    p.add_argument("--mode", choices=["tc", "tcx"], default="tc", help="cls_bpf (tc) or tcx link")
+    p.add_argument("--strategy", choices=["bitvec", "chain"], default="bitvec")
+    p.add_argument("--peer", action="store_true", help="redirect with bpf_redirect_peer")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("unload", help="remove flowc's BPF program from a device (root)")
+    p.add_argument("--dev", required=True)
+    p.add_argument("--direction", choices=["ingress", "egress"], required=True)
+    p.add_argument("--mode", choices=["tc", "tcx"], default="tc")
+    p.set_defaults(func=cmd_unload)
 
     p = sub.add_parser("fmt", help="print policy files in canonical form")
     p.add_argument("files", nargs="+", metavar="POLICY")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from ir.algebra import Cube, covered_by, intersect, is_feasible
+from ir.algebra import Cube, covered_by, intersect, is_feasible, uncovered_witness, witness
+from ir.algebra import subtract as _subtract
 from ir.fields import HEADER_SPACE, Space
 from ir.model import Policy, Rule
 
@@ -210,3 +211,38 @@ def overlap_graph(policy: Policy, space: Space = HEADER_SPACE) -> nx.DiGraph[int
             if _meets(space, cubes[c], cubes[i]):
                 graph.add_edge(rules[c].priority, rule.priority)
     return graph
+
+
+def region_witnesses(
+    policy: Policy, *, per_rule: int = 32, space: Space = HEADER_SPACE
+) -> list[tuple[tuple[int, ...], Rule]]:
+    """Packets in the regions of the policy's partition, with the rule deciding each.
+
+    A rule's region is its cube minus every earlier rule. With ``per_rule`` 1
+    each non-empty region gets one witness, found witness-first (cheap even at
+    10,000 rules); with more, the region is cut into cubes and each cube (up to
+    ``per_rule``) gets one, which covers every shape of a fragmented region.
+    """
+    rules = policy.rules
+    cubes = [r.match.cube for r in rules]
+    index = OverlapIndex(space, cubes)
+    out: list[tuple[tuple[int, ...], Rule]] = []
+    for i, rule in enumerate(rules):
+        earlier = [cubes[c] for c in index.candidates(i, 0, i)]
+        if per_rule == 1:
+            _settled, point = uncovered_witness(space, cubes[i], earlier, FRAGMENT_LIMIT)
+            if point is not None:
+                out.append((point, rule))
+            continue
+        region = [cubes[i]]
+        for other in earlier:
+            region = [p for piece in region for p in _subtract(space, piece, other)]
+            if not region:
+                break
+            if len(region) > FRAGMENT_LIMIT:
+                region = region[:per_rule]
+        for piece in region[:per_rule]:
+            point = witness(space, piece)
+            if point is not None:
+                out.append((point, rule))
+    return out

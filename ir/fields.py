@@ -163,7 +163,13 @@ HEADER_SPACE = Space(
             "802.1Q VLAN identifier",
             prerequisite=_cond((("vlan_tagged", _values(1, 1)),)),
         ),
-        Field("dscp", 6, RENDER_DEC, "DiffServ code point (IPv4 TOS / IPv6 traffic class >> 2)"),
+        Field(
+            "dscp",
+            6,
+            RENDER_DEC,
+            "DiffServ code point (IPv4 TOS / IPv6 traffic class >> 2)",
+            preferred=(0,),
+        ),
         Field(
             "ip_proto",
             8,
@@ -207,6 +213,7 @@ HEADER_SPACE = Space(
                 (_IS_IPV4, ("ip_proto", _values(8, PROTO_ICMP))),
                 (_IS_IPV6, ("ip_proto", _values(8, PROTO_ICMPV6))),
             ),
+            preferred=(8, 128),
         ),
         Field(
             "icmp_code",
@@ -217,6 +224,7 @@ HEADER_SPACE = Space(
                 (_IS_IPV4, ("ip_proto", _values(8, PROTO_ICMP))),
                 (_IS_IPV6, ("ip_proto", _values(8, PROTO_ICMPV6))),
             ),
+            preferred=(0,),
         ),
         Field(
             "tcp_flags",

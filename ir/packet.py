@@ -114,6 +114,11 @@ def format_packet(packet: Packet) -> str:
     v: Mapping[str, int] = packet.as_dict()
     proto = v["ip_proto"]
     text = PROTOCOL_BY_NUMBER.get(proto, str(proto))
+    # "icmp" and "icmpv6" name a family too; the other family's packet uses the number.
+    if (text == "icmp" and v["family"] != FAMILY_IPV4) or (
+        text == "icmpv6" and v["family"] == FAMILY_IPV4
+    ):
+        text = str(proto)
     if v["family"] == FAMILY_IPV4:
         src = str(ipaddress.IPv4Address(v["ip4_src"]))
         dst = str(ipaddress.IPv4Address(v["ip4_dst"]))

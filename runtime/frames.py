@@ -84,3 +84,112 @@ def hop_by_hop(next_header: int, length_units: int = 0) -> bytes:
     """An IPv6 hop-by-hop options header of (length_units + 1) * 8 bytes (PadN filled)."""
     size = (length_units + 1) * 8
     return bytes([next_header, length_units, 1, size - 4]) + b"\0" * (size - 4)
+
+
+NOT_IP = "not_ip"
+MALFORMED = "malformed"
+_EXT_HEADERS = (0, 43, 44, 60)
+MAX_EXT_HEADERS = 4
+
+
+def parse_frame(data: bytes) -> Packet | str:
+    """What the slow path's parser (bpf/flowc_parse.h) makes of a frame: the packet,
+    or ``NOT_IP`` / ``MALFORMED``. The reference for differential tests of the parser.
+
+    A frame's VLAN tag here is only the in-band one (test frames carry no
+    skb->vlan_tci).
+    """
+    if len(data) < 14:
+        return MALFORMED
+    proto = int.from_bytes(data[12:14], "big")
+    off = 14
+    fields: dict[str, int] = {}
+    for _ in range(2):
+        if proto not in (0x8100, 0x88A8):
+            break
+        if len(data) < off + 4:
+            return MALFORMED
+        if "vlan_tagged" not in fields:
+            fields["vlan_tagged"] = 1
+            fields["vlan_id"] = int.from_bytes(data[off : off + 2], "big") & 0x0FFF
+        proto = int.from_bytes(data[off + 2 : off + 4], "big")
+        off += 4
+    if proto == ETH_P_IP:
+        if len(data) < off + 20:
+            return MALFORMED
+        version, ihl = data[off] >> 4, (data[off] & 0x0F) * 4
+        if version != 4 or ihl < 20 or len(data) < off + ihl:
+            return MALFORMED
+        fields.update(
+            family=4,
+            dscp=data[off + 1] >> 2,
+            ip_proto=data[off + 9],
+            ip4_src=int.from_bytes(data[off + 12 : off + 16], "big"),
+            ip4_dst=int.from_bytes(data[off + 16 : off + 20], "big"),
+        )
+        if int.from_bytes(data[off + 6 : off + 8], "big") & 0x1FFF:
+            return _packet(fields)
+        return _transport(data, off + ihl, fields)
+    if proto == ETH_P_IPV6:
+        if len(data) < off + 40:
+            return MALFORMED
+        if data[off] >> 4 != 6:
+            return MALFORMED
+        traffic_class = ((data[off] & 0x0F) << 4) | (data[off + 1] >> 4)
+        fields.update(
+            family=6,
+            dscp=traffic_class >> 2,
+            ip6_src=int.from_bytes(data[off + 8 : off + 24], "big"),
+            ip6_dst=int.from_bytes(data[off + 24 : off + 40], "big"),
+        )
+        nxt = data[off + 6]
+        off += 40
+        for _ in range(MAX_EXT_HEADERS):
+            if nxt not in _EXT_HEADERS:
+                break
+            if off > 512 or len(data) < off + 8:
+                return MALFORMED
+            if nxt == 44:
+                nxt = data[off]
+                if int.from_bytes(data[off + 2 : off + 4], "big") & 0xFFF8:
+                    fields["ip_proto"] = nxt
+                    return _packet(fields)
+                off += 8
+            else:
+                nxt, off = data[off], off + (data[off + 1] + 1) * 8
+        if nxt in _EXT_HEADERS:
+            return MALFORMED
+        fields["ip_proto"] = nxt
+        return _transport(data, off, fields)
+    return NOT_IP
+
+
+def _packet(fields: dict[str, int]) -> Packet:
+    # A field the packet lacks must read 0; drop values the model cannot hold.
+    return Packet.make(**fields)
+
+
+def _transport(data: bytes, off: int, fields: dict[str, int]) -> Packet | str:
+    family, proto = fields["family"], fields["ip_proto"]
+    if off > 1024:
+        return MALFORMED
+    if proto == PROTO_TCP:
+        need = 14
+    elif proto in (PROTO_UDP, PROTO_SCTP):
+        need = 4
+    elif (family, proto) in ((4, PROTO_ICMP), (6, PROTO_ICMPV6)):
+        need = 2
+    else:
+        return _packet(fields)
+    if len(data) < off + need:
+        return MALFORMED
+    if need == 2:
+        fields.update(icmp_type=data[off], icmp_code=data[off + 1])
+    else:
+        fields.update(
+            sport=int.from_bytes(data[off : off + 2], "big"),
+            dport=int.from_bytes(data[off + 2 : off + 4], "big"),
+        )
+        if need == 14:
+            fields["tcp_flags"] = data[off + 13]
+    return _packet(fields)

@@ -44,6 +44,8 @@ class _TestAttr(ct.Structure):
 class TestRunError(OSError):
     """The kernel refused the test run."""
 
+    __test__ = False  # not a pytest test class despite the name
+
 
 @dataclass(frozen=True, slots=True)
 class RunResult:

@@ -13,7 +13,10 @@ from ir.packet import Packet, format_packet
 @st.composite
 def packets(draw: st.DrawFn) -> Packet:
     family = draw(st.sampled_from([4, 6]))
-    proto = draw(st.sampled_from([6, 17, 132, 1 if family == 4 else 58, 47, 0]))
+    # IPv6 next-header values 0/43/44/60 are extension headers, never a transport.
+    proto = draw(
+        st.sampled_from([6, 17, 132, 1 if family == 4 else 58, 47, 0 if family == 4 else 59])
+    )
     fields = {"family": family, "ip_proto": proto}
     width = 32 if family == 4 else 128
     prefix = "ip4" if family == 4 else "ip6"

@@ -1,0 +1,166 @@
+"""Attach a loaded slow path to a device's ingress or egress: tc (cls_bpf) or tcx.
+
+tc mode puts the program in a clsact qdisc as a direct-action cls_bpf filter
+at priority ``BPF_PRIO``, behind any flower filters (lower numbers) that the
+cache installs in front. tcx mode (Linux 6.6+) uses a bpf link, pinned in
+bpffs so it outlives the process. Replacing the program is atomic in both
+(``tc filter replace`` of the same priority and handle; ``BPF_LINK_UPDATE``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from runtime import bpf_syscall
+
+BPF_PRIO = 49152
+BPF_HANDLE = 1
+ETH_P_ALL = 0x0003
+PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+BPFFS = Path("/sys/fs/bpf")
+PIN_DIR = BPFFS / "flowc"
+MODES = ("tc", "tcx")
+
+
+class AttachError(Exception):
+    """Attaching or detaching failed; the message carries the kernel's words."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """Where a program is attached."""
+
+    device: str
+    ifindex: int
+    direction: str
+    mode: str
+
+    @property
+    def pin_path(self) -> Path:
+        """The tcx link's pin (tcx mode only)."""
+        return PIN_DIR / f"{self.device}-{self.direction}"
+
+
+def _ifindex(ipr: IPRoute, device: str) -> int:
+    found = ipr.link_lookup(ifname=device)
+    if not found:
+        raise AttachError(f"device {device!r} does not exist")
+    return int(found[0])
+
+
+def _netlink_words(exc: NetlinkError) -> str:
+    return f"{exc.args[1] if len(exc.args) > 1 else exc} (errno {exc.code})"
+
+
+def _ensure_bpffs() -> None:
+    if not os.path.ismount(BPFFS):
+        BPFFS.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(BPFFS)], check=True)
+    PIN_DIR.mkdir(exist_ok=True)
+
+
+def attach(prog_fd: int, device: str, direction: str, *, mode: str = "tc") -> Attachment:
+    """Attach (or atomically replace) the program on ``device`` ``direction``."""
+    if direction not in PARENT:
+        raise AttachError(f"direction must be ingress or egress, not {direction!r}")
+    if mode not in MODES:
+        raise AttachError(f"mode must be one of {MODES}")
+    with IPRoute() as ipr:
+        ifindex = _ifindex(ipr, device)
+        attachment = Attachment(device, ifindex, direction, mode)
+        if mode == "tc":
+            try:
+                ipr.tc("add", "clsact", ifindex)
+            except NetlinkError as exc:
+                if exc.code != 17:  # EEXIST: already there
+                    raise AttachError(f"adding clsact: {_netlink_words(exc)}") from None
+            try:
+                ipr.tc(
+                    "replace-filter",
+                    "bpf",
+                    ifindex,
+                    handle=BPF_HANDLE,
+                    fd=prog_fd,
+                    name="flowc",
+                    parent=PARENT[direction],
+                    classid=1,
+                    direct_action=True,
+                    prio=BPF_PRIO,
+                    protocol=ETH_P_ALL,
+                )
+            except NetlinkError as exc:
+                raise AttachError(f"attaching cls_bpf: {_netlink_words(exc)}") from None
+            return attachment
+    _ensure_bpffs()
+    pin = attachment.pin_path
+    try:
+        if pin.exists():
+            link = bpf_syscall.obj_get(str(pin))
+            try:
+                bpf_syscall.link_update(link, prog_fd)
+            finally:
+                os.close(link)
+        else:
+            link = bpf_syscall.tcx_attach(prog_fd, ifindex, direction == "ingress")
+            try:
+                bpf_syscall.obj_pin(link, str(pin))
+            finally:
+                os.close(link)
+    except OSError as exc:
+        raise AttachError(f"tcx attach: {exc.strerror} (errno {exc.errno})") from None
+    return attachment
+
+
+def detach(device: str, direction: str, *, mode: str = "tc") -> bool:
+    """Remove flowc's program from the hook; True when something was removed."""
+    with IPRoute() as ipr:
+        ifindex = _ifindex(ipr, device)
+        if mode == "tc":
+            try:
+                ipr.tc(
+                    "del-filter",
+                    "bpf",
+                    ifindex,
+                    handle=BPF_HANDLE,
+                    parent=PARENT[direction],
+                    prio=BPF_PRIO,
+                    protocol=ETH_P_ALL,
+                )
+            except NetlinkError as exc:
+                if exc.code in (2, 22):  # ENOENT / EINVAL: no such filter (or no clsact)
+                    return False
+                raise AttachError(f"detaching cls_bpf: {_netlink_words(exc)}") from None
+            return True
+    pin = Attachment(device, ifindex, direction, mode).pin_path
+    if not pin.exists():
+        return False
+    link = bpf_syscall.obj_get(str(pin))
+    try:
+        bpf_syscall.link_detach(link)
+    finally:
+        os.close(link)
+    pin.unlink()
+    return True
+
+
+def attached_names(device: str, direction: str) -> list[str]:
+    """Names of the cls_bpf programs on the hook (tc mode), to check what is attached."""
+    with IPRoute() as ipr:
+        ifindex = _ifindex(ipr, device)
+        try:
+            filters = ipr.get_filters(index=ifindex, parent=PARENT[direction])
+        except NetlinkError:
+            return []
+        names = []
+        for f in filters:
+            options = f.get_attr("TCA_OPTIONS")
+            name = options.get_attr("TCA_BPF_NAME") if options is not None else None
+            if name is not None:
+                names.append(str(name))
+        return names
