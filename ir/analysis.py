@@ -115,6 +115,12 @@ def analyse(policy: Policy, *, redundancy: bool = True, space: Space = HEADER_SP
     shadowed: list[Shadowed] = []
     redundant: list[Redundant] = []
     gave_up: list[GaveUp] = []
+    # Last position of each action: a rule whose action no later rule has
+    # cannot be redundant (unless shadowed), which skips most proofs on policies
+    # with many distinct actions (such as one mark per rule).
+    last_with_action: dict[object, int] = {}
+    for i, r in enumerate(rules):
+        last_with_action[r.action] = i
     for group in rule_groups(policy):
         first = group[0]
         earlier = sorted({c for i in group for c in index.candidates(i, 0, first)})
@@ -128,6 +134,8 @@ def analyse(policy: Policy, *, redundancy: bool = True, space: Space = HEADER_SP
             shadowed.append(Shadowed(rules[first], _shadowers(space, group, earlier, rules)))
             continue
         if not redundancy or rules[first].is_default:
+            continue
+        if last_with_action[rules[first].action] <= group[-1]:
             continue
         verdict = _later_decides_same(space, policy, group, earlier_cubes, index)
         if verdict is None:
