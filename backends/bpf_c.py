@@ -18,7 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.bpf_tables import ARRAY, LPM4, LPM6, ClassifierTables, FieldTable, build_tables
+from backends.bpf_tables import (
+    ARRAY,
+    DIR4,
+    LPM6,
+    ClassifierTables,
+    FieldTable,
+    build_tables,
+    dir_levels,
+)
 from ir.fields import HEADER_SPACE, RENDER_IP4, RENDER_IP6
 from ir.model import Policy, Rule
 from ir.valueset import ValueSet
@@ -41,7 +49,8 @@ class Capacities:
     n_words: int
     n_summary: int
     classes: tuple[tuple[str, int], ...]  # field -> max classes
-    lpm_entries: tuple[tuple[str, int], ...]  # address field -> max trie entries
+    lpm_entries: tuple[tuple[str, int], ...]  # IPv6 field -> max trie entries
+    dir_entries: tuple[tuple[str, int, int], ...]  # IPv4 field -> level-2, level-3 sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +121,16 @@ def _capacities(policy: Policy, tables: ClassifierTables | None) -> Capacities:
     n_summary = max(1, -(-n_words // 64))
     classes: list[tuple[str, int]] = []
     lpm: list[tuple[str, int]] = []
+    direct: list[tuple[str, int, int]] = []
     if tables is not None:
         for t in tables.fields:
             classes.append((t.field, _pow2(len(t.classes), 16)))
-            if t.kind in (LPM4, LPM6):
+            if t.kind == LPM6:
                 lpm.append((t.field, _pow2(len(t.lpm_entries()), 64)))
-    return Capacities(n_rules, n_words, n_summary, tuple(classes), tuple(lpm))
+            elif t.kind == DIR4:
+                _, level2, level3 = dir_levels(t)
+                direct.append((t.field, _pow2(len(level2), 256), _pow2(len(level3), 256)))
+    return Capacities(n_rules, n_words, n_summary, tuple(classes), tuple(lpm), tuple(direct))
 
 
 def lower(policy: Policy, strategy: str = "bitvec") -> BpfProgram:
@@ -173,6 +186,7 @@ def _field_lines(policy: Policy, name: str) -> str:
 def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacities) -> list[str]:
     classes = dict(caps.classes)
     lpm = dict(caps.lpm_entries)
+    direct = {name: (l2, l3) for name, l2, l3 in caps.dir_entries}
     out: list[str] = []
     for t in tables.fields:
         fld = HEADER_SPACE.field(t.field)
@@ -180,10 +194,13 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
             f"/* {t.field}: {fld.doc}. {len(t.classes)} classes; "
             f"constrained at {_field_lines(policy, t.field)}. */"
         )
-        if t.kind == LPM4:
-            out.append(
-                f"BPF_LPM_TRIE(flowc_cls_{t.field}, struct flowc_lpm4_key, __u32, {lpm[t.field]});"
-            )
+        if t.kind == DIR4:
+            l2, l3 = direct[t.field]
+            out += [
+                f"BPF_ARRAY(flowc_l1_{t.field}, __u32, 65536);",
+                f"BPF_ARRAY(flowc_l2_{t.field}, __u32, {l2});",
+                f"BPF_ARRAY(flowc_l3_{t.field}, __u32, {l3});",
+            ]
         elif t.kind == LPM6:
             out.append(
                 f"BPF_LPM_TRIE(flowc_cls_{t.field}, struct flowc_lpm6_key, __u32, {lpm[t.field]});"
@@ -202,8 +219,8 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
         out += ["\treturn 0; /* no field is constrained: only the default */", "}"]
         return out
     names = [t.field for t in tables.fields]
-    if any(t.kind == LPM4 for t in tables.fields):
-        out.append("\tstruct flowc_lpm4_key lpm4;")
+    if any(t.kind == DIR4 for t in tables.fields):
+        out.append("\t__u32 addr, entry, *slot;")
     if any(t.kind == LPM6 for t in tables.fields):
         out.append("\tstruct flowc_lpm6_key lpm6;")
     out += [
@@ -242,30 +259,64 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
 
 def _lookup_lines(t: FieldTable) -> list[str]:
     name = t.field
-    if t.kind == LPM4:
-        head = [
-            "\tlpm4.prefixlen = 32;",
-            f"\t__builtin_memcpy(lpm4.addr, &k->{name}, 4);",
-            f"\tcls = flowc_cls_{name}.lookup(&lpm4);",
-        ]
-    elif t.kind == LPM6:
-        head = [
-            "\tlpm6.prefixlen = 128;",
-            f"\t__builtin_memcpy(lpm6.addr, k->{name}, 16);",
-            f"\tcls = flowc_cls_{name}.lookup(&lpm6);",
-        ]
-    else:
-        assert t.kind == ARRAY
-        head = [f"\tidx = k->{name};", f"\tcls = flowc_cls_{name}.lookup(&idx);"]
-    return [
-        *head,
-        "\tif (!cls)",
-        "\t\treturn -1;",
-        "\tidx = *cls;",
+    tail = [
         f"\tv_{name} = flowc_bv_{name}.lookup(&idx);",
         f"\tif (!v_{name})",
         "\t\treturn -1;",
         "",
+    ]
+    # A packet of the other family carries 0 in an address field, and the class
+    # of 0 is always class 0 (classes are numbered from the low end of the value
+    # space), so the address lookup only runs when the field exists.
+    if t.kind == DIR4:
+        return [
+            f"\tidx = 0; /* class of an absent {name} */",
+            "\tif (k->family == 4) {",
+            f"\t\taddr = bpf_ntohl(k->{name});",
+            "\t\tidx = addr >> 16;",
+            f"\t\tslot = flowc_l1_{name}.lookup(&idx);",
+            "\t\tif (!slot)",
+            "\t\t\treturn -1;",
+            "\t\tentry = *slot;",
+            "\t\tif (entry & FLOWC_DIR_CHUNK) {",
+            "\t\t\tidx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff);",
+            f"\t\t\tslot = flowc_l2_{name}.lookup(&idx);",
+            "\t\t\tif (!slot)",
+            "\t\t\t\treturn -1;",
+            "\t\t\tentry = *slot;",
+            "\t\t\tif (entry & FLOWC_DIR_CHUNK) {",
+            "\t\t\t\tidx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff);",
+            f"\t\t\t\tslot = flowc_l3_{name}.lookup(&idx);",
+            "\t\t\t\tif (!slot)",
+            "\t\t\t\t\treturn -1;",
+            "\t\t\t\tentry = *slot;",
+            "\t\t\t}",
+            "\t\t}",
+            "\t\tidx = entry;",
+            "\t}",
+            *tail,
+        ]
+    if t.kind == LPM6:
+        return [
+            f"\tidx = 0; /* class of an absent {name} */",
+            "\tif (k->family == 6) {",
+            "\t\tlpm6.prefixlen = 128;",
+            f"\t\t__builtin_memcpy(lpm6.addr, k->{name}, 16);",
+            f"\t\tcls = flowc_cls_{name}.lookup(&lpm6);",
+            "\t\tif (!cls)",
+            "\t\t\treturn -1;",
+            "\t\tidx = *cls;",
+            "\t}",
+            *tail,
+        ]
+    assert t.kind == ARRAY
+    return [
+        f"\tidx = k->{name};",
+        f"\tcls = flowc_cls_{name}.lookup(&idx);",
+        "\tif (!cls)",
+        "\t\treturn -1;",
+        "\tidx = *cls;",
+        *tail,
     ]
 
 
@@ -365,7 +416,7 @@ def maps_json(program: BpfProgram) -> dict[str, object]:
                 "classes": [f"{bits:#x}" for bits in t.classes],
                 "intervals": [list(iv) for iv in t.intervals],
             }
-            if t.kind in (LPM4, LPM6):
+            if t.kind == LPM6:
                 entry["lpm"] = [[f"{v:#x}", plen, cls] for v, plen, cls in t.lpm_entries()]
             fields.append(entry)
     caps = program.capacities
@@ -377,6 +428,7 @@ def maps_json(program: BpfProgram) -> dict[str, object]:
         "n_summary": caps.n_summary,
         "class_capacity": dict(caps.classes),
         "lpm_capacity": dict(caps.lpm_entries),
+        "dir_capacity": {name: [l2, l3] for name, l2, l3 in caps.dir_entries},
         "actions": rules,
         "fields": fields,
     }

@@ -25,6 +25,7 @@ capacities sized here, is a map update, not a recompile.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ir.fields import HEADER_SPACE, RENDER_IP4, RENDER_IP6
@@ -34,9 +35,11 @@ from ir.valueset import ValueSet
 
 WORD_BITS = 64
 
-LPM4 = "lpm4"
+DIR4 = "dir4"
 LPM6 = "lpm6"
 ARRAY = "array"
+# Entry flag in a DIR-16-8-8 level: the rest of the entry is a chunk number.
+DIR_CHUNK = 0x80000000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,8 @@ class FieldTable:
 
     Attributes:
         field: registry name of the field.
-        kind: ``lpm4``/``lpm6`` (LPM trie on the address) or ``array`` (index = value).
+        kind: ``dir4`` (IPv4: DIR-16-8-8 direct arrays), ``lpm6`` (IPv6: LPM trie)
+            or ``array`` (index = value).
         intervals: ``(lo, hi, class_id)`` covering the whole value space, in order.
         classes: rule bit set of each class (bit r set = rule r matches this value).
     """
@@ -74,6 +78,10 @@ class FieldTable:
                 return cls
         raise ValueError(f"{self.field}: value {value} outside every interval")
 
+    def dir_levels(self) -> tuple[list[int], list[int], list[int]]:
+        """See :func:`dir_levels` (cached per table)."""
+        return dir_levels(self)
+
     def lpm_entries(self) -> list[tuple[int, int, int]]:
         """``(prefix value, prefix length, class)`` for an LPM trie: every interval as
         prefixes; disjoint, so longest-prefix match finds exactly one."""
@@ -83,6 +91,46 @@ class FieldTable:
             for value, plen in ValueSet.of_range(width, lo, hi).to_prefixes():
                 out.append((value, plen, cls))
         return out
+
+
+@functools.lru_cache(maxsize=32)
+def dir_levels(table: FieldTable) -> tuple[list[int], list[int], list[int]]:
+    """The IPv4 class lookup as DIR-16-8-8 arrays (level 1: 65,536 entries by the
+    top 16 bits; levels 2 and 3: 256-entry chunks by the next byte).
+
+    An entry is a class, or ``DIR_CHUNK | n`` when the block is not uniform
+    and chunk ``n`` of the next level refines it. Three array reads at most,
+    instead of an LPM trie walk of up to 32 levels.
+    """
+    level1: list[int] = []
+    level2: list[int] = []
+    level3: list[int] = []
+    intervals = table.intervals
+    pos = 0  # first interval that may still overlap the current block
+
+    def uniform(lo: int, hi: int) -> int | None:
+        nonlocal pos
+        while intervals[pos][1] < lo:
+            pos += 1
+        first = intervals[pos]
+        return first[2] if first[1] >= hi else None
+
+    for b16 in range(1 << 16):
+        lo16 = b16 << 16
+        cls = uniform(lo16, lo16 | 0xFFFF)
+        if cls is not None:
+            level1.append(cls)
+            continue
+        level1.append(DIR_CHUNK | (len(level2) >> 8))
+        for b8 in range(256):
+            lo24 = lo16 | (b8 << 8)
+            cls = uniform(lo24, lo24 | 0xFF)
+            if cls is not None:
+                level2.append(cls)
+                continue
+            level2.append(DIR_CHUNK | (len(level3) >> 8))
+            level3.extend(table.class_of(lo24 | b) for b in range(256))
+    return level1, level2, level3
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +193,7 @@ def field_kind(name: str) -> str:
     """Which lookup structure a field uses."""
     render = HEADER_SPACE.field(name).render
     if render == RENDER_IP4:
-        return LPM4
+        return DIR4
     if render == RENDER_IP6:
         return LPM6
     if HEADER_SPACE.field(name).width > 16:
@@ -175,6 +223,9 @@ def build_field_table(policy: Policy, name: str) -> FieldTable:
             if hi < top:
                 ends[hi + 1] = ends.get(hi + 1, 0) | bit
     points = sorted({0, *starts, *ends})
+    # Classes are numbered in value order, so the class of value 0 (what a
+    # packet lacking the field carries) is always class 0; the generated C
+    # relies on that to skip lookups of absent fields.
     class_ids: dict[int, int] = {}
     intervals: list[tuple[int, int, int]] = []
     current = 0

@@ -37,6 +37,10 @@
 #define FLOWC_STATUS_EVENTS_SENT 4
 #define FLOWC_STATUS_COUNT       5
 
+/* An entry of an IPv4 DIR-16-8-8 level with this bit set names a chunk of the
+ * next level instead of a class (backends/bpf_tables.py, dir_levels). */
+#define FLOWC_DIR_CHUNK 0x80000000U
+
 /* Config flags. */
 #define FLOWC_CONFIG_F_EVENTS 1 /* emit miss events for the agent */
 

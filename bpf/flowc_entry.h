@@ -77,7 +77,8 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	}
 	/* The deciding rule, for BPF_PROG_TEST_RUN and for programs after us. */
 	skb->cb[0] = rule + 1;
-	now = bpf_ktime_get_ns();
+	/* Coarse time (jiffies) is plenty for idle detection and much cheaper. */
+	now = bpf_ktime_get_coarse_ns();
 	stats = flowc_rule_stats.lookup(&rule);
 	if (stats) {
 		stats->packets += 1;

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from backends.bpf_c import BPF_DIR, ENTRY_FUNCTION, BpfProgram
-from backends.bpf_tables import LPM4, LPM6, ClassifierTables
+from backends.bpf_tables import DIR4, LPM6, ClassifierTables, dir_levels
 from ir.model import MIRROR, REDIRECT, Policy
 from runtime import bpf_abi
 
@@ -71,6 +71,13 @@ def _dsl_line(log: str, program: BpfProgram) -> int | None:
         return int(match)
     del program
     return None
+
+
+def _update_u32_array(table: Any, values: list[int]) -> None:
+    """Write ``values`` to indexes 0..n-1 of a u32 array map in one batch."""
+    n = len(values)
+    keys = (ct.c_uint32 * n)(*range(n))
+    table.items_update_batch(keys, (ct.c_uint32 * n)(*values))
 
 
 def device_ifindex(name: str) -> int:
@@ -181,23 +188,24 @@ class SlowPath:
 
     def _fill_tables(self, tables: ClassifierTables) -> None:
         for field_table in tables.fields:
-            cls_map = self.table(f"flowc_cls_{field_table.field}")
-            if field_table.kind in (LPM4, LPM6):
-                width = 4 if field_table.kind == LPM4 else 16
+            name = field_table.field
+            if field_table.kind == DIR4:
+                for level, entries in zip((1, 2, 3), dir_levels(field_table), strict=True):
+                    if entries:
+                        _update_u32_array(self.table(f"flowc_l{level}_{name}"), entries)
+            elif field_table.kind == LPM6:
+                cls_map = self.table(f"flowc_cls_{name}")
                 for value, plen, cls in field_table.lpm_entries():
                     key = cls_map.Key()
                     key.prefixlen = plen
-                    for i, byte in enumerate(value.to_bytes(width, "big")):
+                    for i, byte in enumerate(value.to_bytes(16, "big")):
                         key.addr[i] = byte
                     cls_map[key] = ct.c_uint32(cls)
             else:
-                size = 1 << field_table.width
-                keys = (ct.c_uint32 * size)(*range(size))
-                values = (ct.c_uint32 * size)()
+                values = [0] * (1 << field_table.width)
                 for lo, hi, cls in field_table.intervals:
-                    for v in range(lo, hi + 1):
-                        values[v] = cls
-                cls_map.items_update_batch(keys, values)
+                    values[lo : hi + 1] = [cls] * (hi - lo + 1)
+                _update_u32_array(self.table(f"flowc_cls_{name}"), values)
             bv_map = self.table(f"flowc_bv_{field_table.field}")
             n = len(field_table.classes)
             keys = (ct.c_uint32 * n)(*range(n))

@@ -41,7 +41,15 @@ def test_maps_json_describes_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     data = maps_json(lower(uplink()))
     assert data["n_rules"] == 7 and data["strategy"] == "bitvec"
     fields = {f["field"]: f for f in data["fields"]}  # type: ignore[index]
-    assert set(fields) == {"family", "ip_proto", "ip4_src", "ip4_dst", "ip6_src", "ip6_dst", "dport"}
+    assert set(fields) == {
+        "family",
+        "ip_proto",
+        "ip4_src",
+        "ip4_dst",
+        "ip6_src",
+        "ip6_dst",
+        "dport",
+    }
     # The default rule (id 6) is in every class of every field.
     for f in fields.values():
         assert all(int(bits, 16) >> 6 & 1 for bits in f["classes"])
@@ -52,5 +60,7 @@ def test_cli_emit_bpf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["compile", str(EXAMPLES / "uplink.fw"), "--emit", "bpf", "-o", str(tmp_path)]) == 0
     assert (tmp_path / "uplink.bpf.c").read_text().startswith("// SPDX-License-Identifier")
     json.loads((tmp_path / "uplink.maps.json").read_text())
-    assert main(["compile", str(EXAMPLES / "uplink.fw"), "--emit", "bpf", "--strategy", "chain"]) == 0
+    assert (
+        main(["compile", str(EXAMPLES / "uplink.fw"), "--emit", "bpf", "--strategy", "chain"]) == 0
+    )
     assert "First match, in priority order" in capsys.readouterr().out

@@ -55,3 +55,37 @@ def test_many_rules_span_several_words_and_summaries() -> None:
     for port in (0, 63, 64, 4095, 4096, 4999, 5000, 65535):
         packet = parse_packet(f"tcp 1.1.1.1:1 -> 2.2.2.2:{port}")
         assert tables.classify(packet) == evaluate(policy, packet).rule.priority
+
+
+def _dir_lookup(levels: tuple[list[int], list[int], list[int]], addr: int) -> int:
+    """What the generated C does with the DIR-16-8-8 arrays."""
+    from backends.bpf_tables import DIR_CHUNK
+
+    level1, level2, level3 = levels
+    entry = level1[addr >> 16]
+    if entry & DIR_CHUNK:
+        entry = level2[((entry & ~DIR_CHUNK) << 8) | ((addr >> 8) & 0xFF)]
+        if entry & DIR_CHUNK:
+            entry = level3[((entry & ~DIR_CHUNK) << 8) | (addr & 0xFF)]
+    return entry
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(8, 32)), min_size=1, max_size=12),
+    st.lists(st.integers(0, 2**32 - 1), max_size=40),
+)
+def test_ipv4_direct_arrays_agree_with_the_classes(prefixes: list, probes: list) -> None:
+    import ipaddress
+
+    from backends.bpf_tables import build_field_table, dir_levels
+
+    lines = "\n".join(
+        f" allow from {ipaddress.IPv4Network((v, plen), strict=False)}" for v, plen in prefixes
+    )
+    policy = compile_ok(f"policy p ingress on eth0 {{\n default drop\n{lines}\n}}\n").program
+    assert policy is not None
+    table = build_field_table(policy.policies[0], "ip4_src")
+    levels = dir_levels(table)
+    edges = [lo for lo, _, _ in table.intervals] + [hi for _, hi, _ in table.intervals]
+    for addr in [*probes, *edges, 0, 2**32 - 1]:
+        assert _dir_lookup(levels, addr) == table.class_of(addr)

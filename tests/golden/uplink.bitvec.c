@@ -54,10 +54,14 @@ BPF_ARRAY(flowc_bv_family, struct flowc_bitvec, 16);
 BPF_ARRAY(flowc_cls_ip_proto, __u32, 256);
 BPF_ARRAY(flowc_bv_ip_proto, struct flowc_bitvec, 16);
 /* ip4_src: IPv4 source address. 3 classes; constrained at lines 12, 13. */
-BPF_LPM_TRIE(flowc_cls_ip4_src, struct flowc_lpm4_key, __u32, 64);
+BPF_ARRAY(flowc_l1_ip4_src, __u32, 65536);
+BPF_ARRAY(flowc_l2_ip4_src, __u32, 256);
+BPF_ARRAY(flowc_l3_ip4_src, __u32, 256);
 BPF_ARRAY(flowc_bv_ip4_src, struct flowc_bitvec, 16);
 /* ip4_dst: IPv4 destination address. 4 classes; constrained at lines 12, 13, 14, 15. */
-BPF_LPM_TRIE(flowc_cls_ip4_dst, struct flowc_lpm4_key, __u32, 64);
+BPF_ARRAY(flowc_l1_ip4_dst, __u32, 65536);
+BPF_ARRAY(flowc_l2_ip4_dst, __u32, 256);
+BPF_ARRAY(flowc_l3_ip4_dst, __u32, 1024);
 BPF_ARRAY(flowc_bv_ip4_dst, struct flowc_bitvec, 16);
 /* ip6_src: IPv6 source address. 2 classes; constrained at line 13. */
 BPF_LPM_TRIE(flowc_cls_ip6_src, struct flowc_lpm6_key, __u32, 256);
@@ -73,7 +77,7 @@ BPF_ARRAY(flowc_bv_dport, struct flowc_bitvec, 16);
  * table entry is missing (the caller fails closed). */
 static __always_inline __s32 flowc_classify(const struct flowc_key *k)
 {
-	struct flowc_lpm4_key lpm4;
+	__u32 addr, entry, *slot;
 	struct flowc_lpm6_key lpm6;
 	__u32 idx, *cls;
 	const struct flowc_bitvec *v_family, *v_ip_proto, *v_ip4_src, *v_ip4_dst, *v_ip6_src, *v_ip6_dst, *v_dport;
@@ -96,42 +100,84 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k)
 	if (!v_ip_proto)
 		return -1;
 
-	lpm4.prefixlen = 32;
-	__builtin_memcpy(lpm4.addr, &k->ip4_src, 4);
-	cls = flowc_cls_ip4_src.lookup(&lpm4);
-	if (!cls)
-		return -1;
-	idx = *cls;
+	idx = 0; /* class of an absent ip4_src */
+	if (k->family == 4) {
+		addr = bpf_ntohl(k->ip4_src);
+		idx = addr >> 16;
+		slot = flowc_l1_ip4_src.lookup(&idx);
+		if (!slot)
+			return -1;
+		entry = *slot;
+		if (entry & FLOWC_DIR_CHUNK) {
+			idx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff);
+			slot = flowc_l2_ip4_src.lookup(&idx);
+			if (!slot)
+				return -1;
+			entry = *slot;
+			if (entry & FLOWC_DIR_CHUNK) {
+				idx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff);
+				slot = flowc_l3_ip4_src.lookup(&idx);
+				if (!slot)
+					return -1;
+				entry = *slot;
+			}
+		}
+		idx = entry;
+	}
 	v_ip4_src = flowc_bv_ip4_src.lookup(&idx);
 	if (!v_ip4_src)
 		return -1;
 
-	lpm4.prefixlen = 32;
-	__builtin_memcpy(lpm4.addr, &k->ip4_dst, 4);
-	cls = flowc_cls_ip4_dst.lookup(&lpm4);
-	if (!cls)
-		return -1;
-	idx = *cls;
+	idx = 0; /* class of an absent ip4_dst */
+	if (k->family == 4) {
+		addr = bpf_ntohl(k->ip4_dst);
+		idx = addr >> 16;
+		slot = flowc_l1_ip4_dst.lookup(&idx);
+		if (!slot)
+			return -1;
+		entry = *slot;
+		if (entry & FLOWC_DIR_CHUNK) {
+			idx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff);
+			slot = flowc_l2_ip4_dst.lookup(&idx);
+			if (!slot)
+				return -1;
+			entry = *slot;
+			if (entry & FLOWC_DIR_CHUNK) {
+				idx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff);
+				slot = flowc_l3_ip4_dst.lookup(&idx);
+				if (!slot)
+					return -1;
+				entry = *slot;
+			}
+		}
+		idx = entry;
+	}
 	v_ip4_dst = flowc_bv_ip4_dst.lookup(&idx);
 	if (!v_ip4_dst)
 		return -1;
 
-	lpm6.prefixlen = 128;
-	__builtin_memcpy(lpm6.addr, k->ip6_src, 16);
-	cls = flowc_cls_ip6_src.lookup(&lpm6);
-	if (!cls)
-		return -1;
-	idx = *cls;
+	idx = 0; /* class of an absent ip6_src */
+	if (k->family == 6) {
+		lpm6.prefixlen = 128;
+		__builtin_memcpy(lpm6.addr, k->ip6_src, 16);
+		cls = flowc_cls_ip6_src.lookup(&lpm6);
+		if (!cls)
+			return -1;
+		idx = *cls;
+	}
 	v_ip6_src = flowc_bv_ip6_src.lookup(&idx);
 	if (!v_ip6_src)
 		return -1;
 
-	lpm6.prefixlen = 128;
-	__builtin_memcpy(lpm6.addr, k->ip6_dst, 16);
-	cls = flowc_cls_ip6_dst.lookup(&lpm6);
-	if (!cls)
-		return -1;
-	idx = *cls;
+	idx = 0; /* class of an absent ip6_dst */
+	if (k->family == 6) {
+		lpm6.prefixlen = 128;
+		__builtin_memcpy(lpm6.addr, k->ip6_dst, 16);
+		cls = flowc_cls_ip6_dst.lookup(&lpm6);
+		if (!cls)
+			return -1;
+		idx = *cls;
+	}
 	v_ip6_dst = flowc_bv_ip6_dst.lookup(&idx);
 	if (!v_ip6_dst)
 		return -1;
@@ -244,7 +290,8 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	}
 	/* The deciding rule, for BPF_PROG_TEST_RUN and for programs after us. */
 	skb->cb[0] = rule + 1;
-	now = bpf_ktime_get_ns();
+	/* Coarse time (jiffies) is plenty for idle detection and much cheaper. */
+	now = bpf_ktime_get_coarse_ns();
 	stats = flowc_rule_stats.lookup(&rule);
 	if (stats) {
 		stats->packets += 1;
