@@ -40,11 +40,21 @@ class BpfLoweringError(ValueError):
     """The policy cannot be lowered to BPF C (reported with the DSL line)."""
 
 
+class ShapeChanged(ValueError):
+    """A new policy does not fit the loaded program (other fields, or too big)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Capacities:
-    """Map sizes the C is compiled with; a new policy fits the same program when it
-    uses the same fields and stays within these."""
+    """Map sizes the C is compiled with (per bank); a new policy fits the same program
+    when it uses the same fields and stays within these.
 
+    Attributes:
+        fields: the fields the classifier looks up, in order.
+        n_rules: rule capacity (a power of two, at least 64).
+    """
+
+    fields: tuple[str, ...]
     n_rules: int
     n_words: int
     n_summary: int
@@ -116,8 +126,10 @@ def _header(policy: Policy, strategy: str) -> list[str]:
 
 
 def _capacities(policy: Policy, tables: ClassifierTables | None) -> Capacities:
-    n_rules = len(policy.rules)
-    n_words = max(1, -(-n_rules // 64))
+    # Head-room so the next version of the policy can be a map refill.
+    count = len(policy.rules)
+    n_rules = _pow2(count, 64) if count <= 4096 else -(-count // 4096) * 4096
+    n_words = n_rules // 64
     n_summary = max(1, -(-n_words // 64))
     classes: list[tuple[str, int]] = []
     lpm: list[tuple[str, int]] = []
@@ -130,21 +142,55 @@ def _capacities(policy: Policy, tables: ClassifierTables | None) -> Capacities:
             elif t.kind == DIR4:
                 _, level2, level3 = dir_levels(t)
                 direct.append((t.field, _pow2(len(level2), 256), _pow2(len(level3), 256)))
-    return Capacities(n_rules, n_words, n_summary, tuple(classes), tuple(lpm), tuple(direct))
+    fields = tuple(t.field for t in tables.fields) if tables is not None else ()
+    return Capacities(
+        fields, n_rules, n_words, n_summary, tuple(classes), tuple(lpm), tuple(direct)
+    )
 
 
-def lower(policy: Policy, strategy: str = "bitvec") -> BpfProgram:
-    """Generate the slow-path C for ``policy`` with the given classification strategy."""
+def fits(need: Capacities, have: Capacities) -> bool:
+    """True when tables needing ``need`` fit maps compiled with ``have``."""
+    if need.fields != have.fields or need.n_rules > have.n_rules:
+        return False
+    pairs = [
+        (dict(need.classes), dict(have.classes)),
+        (dict(need.lpm_entries), dict(have.lpm_entries)),
+    ]
+    for needed, had in pairs:
+        if any(n > had.get(name, 0) for name, n in needed.items()):
+            return False
+    had_dir = {name: (l2, l3) for name, l2, l3 in have.dir_entries}
+    return all(
+        l2 <= had_dir.get(name, (0, 0))[0] and l3 <= had_dir.get(name, (0, 0))[1]
+        for name, l2, l3 in need.dir_entries
+    )
+
+
+def lower(
+    policy: Policy, strategy: str = "bitvec", *, capacities: Capacities | None = None
+) -> BpfProgram:
+    """Generate the slow-path C for ``policy`` with the given classification strategy.
+
+    With ``capacities`` (those of a loaded program), the program is generated
+    with exactly those map sizes, so its maps can be refilled in place; raises
+    :class:`ShapeChanged` when the policy does not fit them.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}")
     if [r.priority for r in policy.rules] != list(range(len(policy.rules))):
         raise BpfLoweringError("rule priorities must be 0..n-1 (renumber the policy first)")
     tables = build_tables(policy) if strategy == "bitvec" else None
     caps = _capacities(policy, tables)
+    if capacities is not None:
+        if strategy != "bitvec" or not fits(caps, capacities):
+            raise ShapeChanged(
+                "the policy uses other fields or needs larger maps than the loaded program"
+            )
+        caps = capacities
     lines = _header(policy, strategy)
     lines += [
         "",
-        f"#define FLOWC_N_RULES {caps.n_rules}",
+        f"#define FLOWC_N_RULES {caps.n_rules} /* capacity; the policy has {len(policy.rules)} */",
         f"#define FLOWC_N_WORDS {caps.n_words}",
         f"#define FLOWC_N_SUMMARY {caps.n_summary}",
         "",
@@ -197,22 +243,29 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
         if t.kind == DIR4:
             l2, l3 = direct[t.field]
             out += [
-                f"BPF_ARRAY(flowc_l1_{t.field}, __u32, 65536);",
-                f"BPF_ARRAY(flowc_l2_{t.field}, __u32, {l2});",
-                f"BPF_ARRAY(flowc_l3_{t.field}, __u32, {l3});",
+                f"#define FLOWC_L2_{t.field} {l2}",
+                f"#define FLOWC_L3_{t.field} {l3}",
+                f"BPF_ARRAY(flowc_l1_{t.field}, __u32, FLOWC_BANKS * 65536);",
+                f"BPF_ARRAY(flowc_l2_{t.field}, __u32, FLOWC_BANKS * FLOWC_L2_{t.field});",
+                f"BPF_ARRAY(flowc_l3_{t.field}, __u32, FLOWC_BANKS * FLOWC_L3_{t.field});",
             ]
         elif t.kind == LPM6:
             out.append(
-                f"BPF_LPM_TRIE(flowc_cls_{t.field}, struct flowc_lpm6_key, __u32, {lpm[t.field]});"
+                f"BPF_LPM_TRIE(flowc_cls_{t.field}, struct flowc_lpm6_key, __u32, "
+                f"FLOWC_BANKS * {lpm[t.field]});"
             )
         else:
-            out.append(f"BPF_ARRAY(flowc_cls_{t.field}, __u32, {1 << fld.width});")
-        out.append(f"BPF_ARRAY(flowc_bv_{t.field}, struct flowc_bitvec, {classes[t.field]});")
+            out.append(f"BPF_ARRAY(flowc_cls_{t.field}, __u32, FLOWC_BANKS * {1 << fld.width});")
+        out += [
+            f"#define FLOWC_CLASSES_{t.field} {classes[t.field]}",
+            f"BPF_ARRAY(flowc_bv_{t.field}, struct flowc_bitvec, "
+            f"FLOWC_BANKS * FLOWC_CLASSES_{t.field});",
+        ]
     out += [
         "",
-        "/* The first rule whose bit is set in every used field's vector; -1 when a",
-        " * table entry is missing (the caller fails closed). */",
-        "static __always_inline __s32 flowc_classify(const struct flowc_key *k)",
+        "/* The first rule whose bit is set in every used field's vector, reading the",
+        " * maps' live bank; -1 when a table entry is missing (the caller fails closed). */",
+        "static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 bank)",
         "{",
     ]
     if not tables.fields:
@@ -260,6 +313,7 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
 def _lookup_lines(t: FieldTable) -> list[str]:
     name = t.field
     tail = [
+        f"\tidx += bank * FLOWC_CLASSES_{name};",
         f"\tv_{name} = flowc_bv_{name}.lookup(&idx);",
         f"\tif (!v_{name})",
         "\t\treturn -1;",
@@ -273,19 +327,21 @@ def _lookup_lines(t: FieldTable) -> list[str]:
             f"\tidx = 0; /* class of an absent {name} */",
             "\tif (k->family == 4) {",
             f"\t\taddr = bpf_ntohl(k->{name});",
-            "\t\tidx = addr >> 16;",
+            "\t\tidx = bank * 65536 + (addr >> 16);",
             f"\t\tslot = flowc_l1_{name}.lookup(&idx);",
             "\t\tif (!slot)",
             "\t\t\treturn -1;",
             "\t\tentry = *slot;",
             "\t\tif (entry & FLOWC_DIR_CHUNK) {",
-            "\t\t\tidx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff);",
+            f"\t\t\tidx = bank * FLOWC_L2_{name} +",
+            "\t\t\t      (((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff));",
             f"\t\t\tslot = flowc_l2_{name}.lookup(&idx);",
             "\t\t\tif (!slot)",
             "\t\t\t\treturn -1;",
             "\t\t\tentry = *slot;",
             "\t\t\tif (entry & FLOWC_DIR_CHUNK) {",
-            "\t\t\t\tidx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff);",
+            f"\t\t\t\tidx = bank * FLOWC_L3_{name} +",
+            "\t\t\t\t      (((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff));",
             f"\t\t\t\tslot = flowc_l3_{name}.lookup(&idx);",
             "\t\t\t\tif (!slot)",
             "\t\t\t\t\treturn -1;",
@@ -300,7 +356,8 @@ def _lookup_lines(t: FieldTable) -> list[str]:
         return [
             f"\tidx = 0; /* class of an absent {name} */",
             "\tif (k->family == 6) {",
-            "\t\tlpm6.prefixlen = 128;",
+            "\t\tlpm6.prefixlen = 136;",
+            "\t\tlpm6.bank = bank;",
             f"\t\t__builtin_memcpy(lpm6.addr, k->{name}, 16);",
             f"\t\tcls = flowc_cls_{name}.lookup(&lpm6);",
             "\t\tif (!cls)",
@@ -311,7 +368,7 @@ def _lookup_lines(t: FieldTable) -> list[str]:
         ]
     assert t.kind == ARRAY
     return [
-        f"\tidx = k->{name};",
+        f"\tidx = bank * {1 << HEADER_SPACE.field(name).width} + k->{name};",
         f"\tcls = flowc_cls_{name}.lookup(&idx);",
         "\tif (!cls)",
         "\t\treturn -1;",
@@ -344,8 +401,9 @@ def _chain_classifier(policy: Policy) -> list[str]:
         "\treturn v;",
         "}",
         "",
-        "/* First match, in priority order: one test per rule. */",
-        "static __always_inline __s32 flowc_classify(const struct flowc_key *k)",
+        "/* First match, in priority order: one test per rule (the bank is unused:",
+        " * a chain program is replaced, never refilled). */",
+        "static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 bank)",
         "{",
     ]
     for rule in policy.rules:
@@ -423,9 +481,10 @@ def maps_json(program: BpfProgram) -> dict[str, object]:
     return {
         "policy": program.policy.name,
         "strategy": program.strategy,
-        "n_rules": caps.n_rules,
+        "rules": len(program.policy.rules),
         "n_words": caps.n_words,
         "n_summary": caps.n_summary,
+        "rule_capacity": caps.n_rules,
         "class_capacity": dict(caps.classes),
         "lpm_capacity": dict(caps.lpm_entries),
         "dir_capacity": {name: [l2, l3] for name, l2, l3 in caps.dir_entries},

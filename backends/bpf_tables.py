@@ -157,12 +157,17 @@ class ClassifierTables:
         """Summary words per bit vector."""
         return max(1, -(-self.n_words // WORD_BITS))
 
-    def bitvector_words(self, bits: int) -> tuple[list[int], list[int]]:
-        """A class's bit set as (summary words, words), the layout of the BPF map value."""
+    def bitvector_words(
+        self, bits: int, n_words: int | None = None, n_summary: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        """A class's bit set as (summary words, words), the layout of the BPF map value
+        (sized for this policy, or for a program's larger capacities when given)."""
+        n_words = n_words or self.n_words
+        n_summary = n_summary or self.n_summary
         mask = (1 << WORD_BITS) - 1
-        words = [(bits >> (WORD_BITS * w)) & mask for w in range(self.n_words)]
+        words = [(bits >> (WORD_BITS * w)) & mask for w in range(n_words)]
         summary_bits = sum(1 << w for w, word in enumerate(words) if word)
-        summary = [(summary_bits >> (WORD_BITS * s)) & mask for s in range(self.n_summary)]
+        summary = [(summary_bits >> (WORD_BITS * s)) & mask for s in range(n_summary)]
         return summary, words
 
     def classify(self, packet: Packet) -> int:

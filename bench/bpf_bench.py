@@ -46,8 +46,9 @@ def measure(size: int, strategy: str, packets: int, repeat: int) -> tuple[str, f
     try:
         slow_path = SlowPath(lower(policy, strategy), ifindex_of=lambda _dev: 1)
     except BpfLoadError as exc:
-        first = exc.log_tail.splitlines()[-1] if exc.log_tail else exc.message
-        return f"rejected ({exc.stage}: {first[:60]})", None, time.perf_counter() - start
+        # bcc's message names the kernel's errno (E2BIG: over the 1M-instruction limit).
+        reason = exc.message.split(":")[-1].strip()
+        return f"rejected by the {exc.stage} ({reason})", None, time.perf_counter() - start
     load_s = time.perf_counter() - start
     try:
         times = [test_run(slow_path.fd, f, repeat=repeat).duration_ns for f in frames]

@@ -81,12 +81,19 @@ struct flowc_rule_stats {
 	__u64 last_ns; /* bpf_ktime_get_ns() of the last hit */
 };
 
-/* Load-time configuration, written by the loader (one entry). */
+/* Load-time configuration, written by the loader (one entry). 24 bytes. */
 struct flowc_config {
 	__u32 generation; /* policy generation, stamped on events */
 	__u32 flags;      /* FLOWC_CONFIG_F_* */
 	__u64 dedup_ns;   /* report one flow at most once per this interval */
+	__u32 bank;       /* which half of every policy map is live (0 or 1) */
+	__u32 pad0;
 };
+
+/* Every map that holds policy (classes, bit vectors, actions) has two banks;
+ * the loader fills the idle one and then flips flowc_config.bank, so a policy
+ * update of the same shape is map writes plus one atomic switch. */
+#define FLOWC_BANKS 2
 
 /* A miss event: the slow path decided a flow the agent may cache. 72 bytes. */
 struct flowc_event {
@@ -102,7 +109,9 @@ struct flowc_lpm4_key {
 	__u8  addr[4];
 };
 
+/* The bank byte comes first, so prefix length 8 + n matches bank + /n. */
 struct flowc_lpm6_key {
 	__u32 prefixlen;
+	__u8  bank;
 	__u8  addr[16];
 };

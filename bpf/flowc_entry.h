@@ -46,15 +46,18 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	struct flowc_rule_stats *stats;
 	struct flowc_config *cfg;
 	__u32 zero = 0;
+	__u32 bank, slot;
 	__u32 rule;
 	__s32 found;
 	__u64 now;
 	int status;
 
 	skb->cb[0] = 0;
+	cfg = flowc_config.lookup(&zero);
 	k = flowc_scratch.lookup(&zero);
-	if (!k)
+	if (!cfg || !k)
 		return FLOWC_TC_ACT_SHOT;
+	bank = cfg->bank & 1;
 	status = flowc_parse(skb, k);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
@@ -64,13 +67,14 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 		flowc_count(FLOWC_STATUS_MALFORMED);
 		return FLOWC_TC_ACT_SHOT;
 	}
-	found = flowc_classify(k);
+	found = flowc_classify(k, bank);
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_TC_ACT_SHOT; /* fail closed */
 	}
 	rule = found;
-	action = flowc_actions.lookup(&rule);
+	slot = bank * FLOWC_N_RULES + rule;
+	action = flowc_actions.lookup(&slot);
 	if (!action) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_TC_ACT_SHOT;
@@ -85,8 +89,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 		stats->bytes += skb->len;
 		stats->last_ns = now;
 	}
-	cfg = flowc_config.lookup(&zero);
-	if (cfg && (cfg->flags & FLOWC_CONFIG_F_EVENTS))
+	if (cfg->flags & FLOWC_CONFIG_F_EVENTS)
 		flowc_report(k, rule, cfg, now);
 
 	switch (action->kind) {

@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* flowc BPF runtime: the maps every flowc program has, whatever its policy.
- * Include after defining FLOWC_N_RULES. */
+ * Include after defining FLOWC_N_RULES (the rule capacity). */
 #pragma once
 
 #include "flowc_common.h"
 
-/* rule id -> what to do */
-BPF_ARRAY(flowc_actions, struct flowc_action, FLOWC_N_RULES);
+/* bank * FLOWC_N_RULES + rule id -> what to do */
+BPF_ARRAY(flowc_actions, struct flowc_action, FLOWC_BANKS * FLOWC_N_RULES);
 /* rule id -> packets, bytes, last hit (per CPU, summed by the agent) */
 BPF_PERCPU_ARRAY(flowc_rule_stats, struct flowc_rule_stats, FLOWC_N_RULES);
 /* FLOWC_STATUS_* -> count */

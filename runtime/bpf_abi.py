@@ -99,7 +99,13 @@ class RuleStats(ct.Structure):
 class Config(ct.Structure):
     """struct flowc_config."""
 
-    _fields_ = (("generation", ct.c_uint32), ("flags", ct.c_uint32), ("dedup_ns", ct.c_uint64))
+    _fields_ = (
+        ("generation", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("dedup_ns", ct.c_uint64),
+        ("bank", ct.c_uint32),
+        ("pad0", ct.c_uint32),
+    )
 
 
 class Event(ct.Structure):
@@ -122,10 +128,10 @@ class Lpm4Key(ct.Structure):
 class Lpm6Key(ct.Structure):
     """struct flowc_lpm6_key."""
 
-    _fields_ = (("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 16))
+    _fields_ = (("prefixlen", ct.c_uint32), ("bank", ct.c_uint8), ("addr", ct.c_uint8 * 16))
 
 
 assert ct.sizeof(FlowKey) == 56
 assert ct.sizeof(ActionEntry) == 16
 assert ct.sizeof(Event) == 72
-assert ct.sizeof(Config) == 16
+assert ct.sizeof(Config) == 24

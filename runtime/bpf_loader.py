@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from backends.bpf_c import BPF_DIR, ENTRY_FUNCTION, BpfProgram
-from backends.bpf_tables import DIR4, LPM6, ClassifierTables, dir_levels
+from backends.bpf_c import BPF_DIR, ENTRY_FUNCTION, BpfProgram, lower
+from backends.bpf_tables import DIR4, LPM6, dir_levels
 from ir.model import MIRROR, REDIRECT, Policy
 from runtime import bpf_abi
 
@@ -73,10 +73,10 @@ def _dsl_line(log: str, program: BpfProgram) -> int | None:
     return None
 
 
-def _update_u32_array(table: Any, values: list[int]) -> None:
-    """Write ``values`` to indexes 0..n-1 of a u32 array map in one batch."""
+def _update_u32_array(table: Any, values: list[int], offset: int = 0) -> None:
+    """Write ``values`` to indexes offset.. of a u32 array map in one batch."""
     n = len(values)
-    keys = (ct.c_uint32 * n)(*range(n))
+    keys = (ct.c_uint32 * n)(*range(offset, offset + n))
     table.items_update_batch(keys, (ct.c_uint32 * n)(*values))
 
 
@@ -153,10 +153,46 @@ class SlowPath:
 
     # ------------------------------------------------------------ filling
     def fill(self, policy: Policy, *, generation: int, events: bool, dedup_ns: int) -> None:
-        """Write the actions, classifier tables and config for ``policy``."""
-        if self.program.tables is not None:
-            self._fill_tables(self.program.tables)
+        """Write the policy's tables and actions into bank 0 and make it live."""
+        self.bank = 0
+        self.generation, self.events, self.dedup_ns = generation, events, dedup_ns
+        self._fill_bank(self.program, 0)
+        self.set_config(generation=generation, events=events, dedup_ns=dedup_ns)
+
+    def update(self, policy: Policy, *, generation: int) -> None:
+        """Switch to ``policy`` without recompiling: fill the idle bank of every map,
+        then flip the live bank in one write, so each packet sees either the old
+        or the new policy, never a mix. Per-rule counters restart (rule ids change).
+
+        Raises:
+            ShapeChanged: the policy needs other fields or larger maps; load a new
+                program and replace the attached one instead.
+        """
+        program = lower(policy, self.program.strategy, capacities=self.program.capacities)
+        idle = 1 - self.bank
+        self._fill_bank(program, idle)
+        self.program = program
+        self.bank = idle
+        self.generation = generation
+        self.set_config(generation=generation, events=self.events, dedup_ns=self.dedup_ns)
+        self.table("flowc_rule_stats").clear()
+
+    def set_config(self, *, generation: int, events: bool, dedup_ns: int) -> None:
+        """Rewrite the config entry (live bank, generation, event flag, dedup interval)."""
+        config = bpf_abi.Config(
+            generation=generation,
+            flags=bpf_abi.CONFIG_F_EVENTS if events else 0,
+            dedup_ns=dedup_ns,
+            bank=self.bank,
+        )
+        self.table("flowc_config")[ct.c_uint32(0)] = config
+
+    def _fill_bank(self, program: BpfProgram, bank: int) -> None:
+        policy = program.policy
+        if program.tables is not None:
+            self._fill_tables(program, bank)
         actions = self.table("flowc_actions")
+        base = bank * program.capacities.n_rules
         for rule in policy.rules:
             entry = bpf_abi.ActionEntry(kind=bpf_abi.ACTION_CODES[rule.action.kind])
             if rule.action.kind in (REDIRECT, MIRROR):
@@ -174,44 +210,52 @@ class SlowPath:
                     entry.flags = bpf_abi.ACTION_F_PEER
             if rule.action.mark is not None:
                 entry.mark = rule.action.mark
-            actions[ct.c_uint32(rule.priority)] = entry
-        self.set_config(generation=generation, events=events, dedup_ns=dedup_ns)
+            actions[ct.c_uint32(base + rule.priority)] = entry
 
-    def set_config(self, *, generation: int, events: bool, dedup_ns: int) -> None:
-        """Rewrite the config entry (generation, event flag, dedup interval)."""
-        config = bpf_abi.Config(
-            generation=generation,
-            flags=bpf_abi.CONFIG_F_EVENTS if events else 0,
-            dedup_ns=dedup_ns,
-        )
-        self.table("flowc_config")[ct.c_uint32(0)] = config
-
-    def _fill_tables(self, tables: ClassifierTables) -> None:
+    def _fill_tables(self, program: BpfProgram, bank: int) -> None:
+        tables = program.tables
+        assert tables is not None
+        caps = program.capacities
+        class_cap = dict(caps.classes)
+        dir_cap = {name: (l2, l3) for name, l2, l3 in caps.dir_entries}
         for field_table in tables.fields:
             name = field_table.field
             if field_table.kind == DIR4:
-                for level, entries in zip((1, 2, 3), dir_levels(field_table), strict=True):
+                level1, level2, level3 = dir_levels(field_table)
+                l2_cap, l3_cap = dir_cap[name]
+                for level, entries, size in (
+                    (1, level1, 65536),
+                    (2, level2, l2_cap),
+                    (3, level3, l3_cap),
+                ):
                     if entries:
-                        _update_u32_array(self.table(f"flowc_l{level}_{name}"), entries)
+                        table = self.table(f"flowc_l{level}_{name}")
+                        _update_u32_array(table, entries, offset=bank * size)
             elif field_table.kind == LPM6:
                 cls_map = self.table(f"flowc_cls_{name}")
+                stale = [key for key in cls_map if key.bank == bank]
+                for key in stale:
+                    del cls_map[key]
                 for value, plen, cls in field_table.lpm_entries():
                     key = cls_map.Key()
-                    key.prefixlen = plen
+                    key.prefixlen = 8 + plen
+                    key.bank = bank
                     for i, byte in enumerate(value.to_bytes(16, "big")):
                         key.addr[i] = byte
                     cls_map[key] = ct.c_uint32(cls)
             else:
-                values = [0] * (1 << field_table.width)
+                size = 1 << field_table.width
+                values = [0] * size
                 for lo, hi, cls in field_table.intervals:
                     values[lo : hi + 1] = [cls] * (hi - lo + 1)
-                _update_u32_array(self.table(f"flowc_cls_{name}"), values)
-            bv_map = self.table(f"flowc_bv_{field_table.field}")
+                _update_u32_array(self.table(f"flowc_cls_{name}"), values, offset=bank * size)
+            bv_map = self.table(f"flowc_bv_{name}")
             n = len(field_table.classes)
-            keys = (ct.c_uint32 * n)(*range(n))
+            base = bank * class_cap[name]
+            keys = (ct.c_uint32 * n)(*range(base, base + n))
             leaves = (bv_map.Leaf * n)()
             for cls, bits in enumerate(field_table.classes):
-                summary, words = tables.bitvector_words(bits)
+                summary, words = tables.bitvector_words(bits, caps.n_words, caps.n_summary)
                 for i, word in enumerate(summary):
                     leaves[cls].summary[i] = word
                 for i, word in enumerate(words):

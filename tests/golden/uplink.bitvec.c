@@ -13,7 +13,7 @@
 //       rule 5: examples/uplink.fw:15  allow tcp to db dport 5432  => allow
 //      default: examples/uplink.fw:10  default drop  => drop
 
-#define FLOWC_N_RULES 7
+#define FLOWC_N_RULES 64 /* capacity; the policy has 7 */
 #define FLOWC_N_WORDS 1
 #define FLOWC_N_SUMMARY 1
 
@@ -24,11 +24,11 @@
 /* ---- from bpf/flowc_maps.h ---- */
 /* SPDX-License-Identifier: GPL-2.0 */
 /* flowc BPF runtime: the maps every flowc program has, whatever its policy.
- * Include after defining FLOWC_N_RULES. */
+ * Include after defining FLOWC_N_RULES (the rule capacity). */
 
 
-/* rule id -> what to do */
-BPF_ARRAY(flowc_actions, struct flowc_action, FLOWC_N_RULES);
+/* bank * FLOWC_N_RULES + rule id -> what to do */
+BPF_ARRAY(flowc_actions, struct flowc_action, FLOWC_BANKS * FLOWC_N_RULES);
 /* rule id -> packets, bytes, last hit (per CPU, summed by the agent) */
 BPF_PERCPU_ARRAY(flowc_rule_stats, struct flowc_rule_stats, FLOWC_N_RULES);
 /* FLOWC_STATUS_* -> count */
@@ -48,54 +48,67 @@ BPF_TABLE("lru_hash", struct flowc_key, __u64, flowc_reported, 65536);
 /* ---- end of bpf/flowc_maps.h ---- */
 
 /* family: IP version of the packet: 4 or 6 (flower eth_type 0x0800 / 0x86DD). 3 classes; constrained at lines 11, 12, 13, 14, 15. */
-BPF_ARRAY(flowc_cls_family, __u32, 256);
-BPF_ARRAY(flowc_bv_family, struct flowc_bitvec, 16);
+BPF_ARRAY(flowc_cls_family, __u32, FLOWC_BANKS * 256);
+#define FLOWC_CLASSES_family 16
+BPF_ARRAY(flowc_bv_family, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_family);
 /* ip_proto: IPv4 protocol / IPv6 next header of the transport. 4 classes; constrained at lines 11, 12, 13, 14, 15. */
-BPF_ARRAY(flowc_cls_ip_proto, __u32, 256);
-BPF_ARRAY(flowc_bv_ip_proto, struct flowc_bitvec, 16);
+BPF_ARRAY(flowc_cls_ip_proto, __u32, FLOWC_BANKS * 256);
+#define FLOWC_CLASSES_ip_proto 16
+BPF_ARRAY(flowc_bv_ip_proto, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip_proto);
 /* ip4_src: IPv4 source address. 3 classes; constrained at lines 12, 13. */
-BPF_ARRAY(flowc_l1_ip4_src, __u32, 65536);
-BPF_ARRAY(flowc_l2_ip4_src, __u32, 256);
-BPF_ARRAY(flowc_l3_ip4_src, __u32, 256);
-BPF_ARRAY(flowc_bv_ip4_src, struct flowc_bitvec, 16);
+#define FLOWC_L2_ip4_src 256
+#define FLOWC_L3_ip4_src 256
+BPF_ARRAY(flowc_l1_ip4_src, __u32, FLOWC_BANKS * 65536);
+BPF_ARRAY(flowc_l2_ip4_src, __u32, FLOWC_BANKS * FLOWC_L2_ip4_src);
+BPF_ARRAY(flowc_l3_ip4_src, __u32, FLOWC_BANKS * FLOWC_L3_ip4_src);
+#define FLOWC_CLASSES_ip4_src 16
+BPF_ARRAY(flowc_bv_ip4_src, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip4_src);
 /* ip4_dst: IPv4 destination address. 4 classes; constrained at lines 12, 13, 14, 15. */
-BPF_ARRAY(flowc_l1_ip4_dst, __u32, 65536);
-BPF_ARRAY(flowc_l2_ip4_dst, __u32, 256);
-BPF_ARRAY(flowc_l3_ip4_dst, __u32, 1024);
-BPF_ARRAY(flowc_bv_ip4_dst, struct flowc_bitvec, 16);
+#define FLOWC_L2_ip4_dst 256
+#define FLOWC_L3_ip4_dst 1024
+BPF_ARRAY(flowc_l1_ip4_dst, __u32, FLOWC_BANKS * 65536);
+BPF_ARRAY(flowc_l2_ip4_dst, __u32, FLOWC_BANKS * FLOWC_L2_ip4_dst);
+BPF_ARRAY(flowc_l3_ip4_dst, __u32, FLOWC_BANKS * FLOWC_L3_ip4_dst);
+#define FLOWC_CLASSES_ip4_dst 16
+BPF_ARRAY(flowc_bv_ip4_dst, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip4_dst);
 /* ip6_src: IPv6 source address. 2 classes; constrained at line 13. */
-BPF_LPM_TRIE(flowc_cls_ip6_src, struct flowc_lpm6_key, __u32, 256);
-BPF_ARRAY(flowc_bv_ip6_src, struct flowc_bitvec, 16);
+BPF_LPM_TRIE(flowc_cls_ip6_src, struct flowc_lpm6_key, __u32, FLOWC_BANKS * 256);
+#define FLOWC_CLASSES_ip6_src 16
+BPF_ARRAY(flowc_bv_ip6_src, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip6_src);
 /* ip6_dst: IPv6 destination address. 2 classes; constrained at line 13. */
-BPF_LPM_TRIE(flowc_cls_ip6_dst, struct flowc_lpm6_key, __u32, 256);
-BPF_ARRAY(flowc_bv_ip6_dst, struct flowc_bitvec, 16);
+BPF_LPM_TRIE(flowc_cls_ip6_dst, struct flowc_lpm6_key, __u32, FLOWC_BANKS * 256);
+#define FLOWC_CLASSES_ip6_dst 16
+BPF_ARRAY(flowc_bv_ip6_dst, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip6_dst);
 /* dport: TCP/UDP/SCTP destination port. 4 classes; constrained at lines 13, 14, 15. */
-BPF_ARRAY(flowc_cls_dport, __u32, 65536);
-BPF_ARRAY(flowc_bv_dport, struct flowc_bitvec, 16);
+BPF_ARRAY(flowc_cls_dport, __u32, FLOWC_BANKS * 65536);
+#define FLOWC_CLASSES_dport 16
+BPF_ARRAY(flowc_bv_dport, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_dport);
 
-/* The first rule whose bit is set in every used field's vector; -1 when a
- * table entry is missing (the caller fails closed). */
-static __always_inline __s32 flowc_classify(const struct flowc_key *k)
+/* The first rule whose bit is set in every used field's vector, reading the
+ * maps' live bank; -1 when a table entry is missing (the caller fails closed). */
+static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 bank)
 {
 	__u32 addr, entry, *slot;
 	struct flowc_lpm6_key lpm6;
 	__u32 idx, *cls;
 	const struct flowc_bitvec *v_family, *v_ip_proto, *v_ip4_src, *v_ip4_dst, *v_ip6_src, *v_ip6_dst, *v_dport;
 
-	idx = k->family;
+	idx = bank * 256 + k->family;
 	cls = flowc_cls_family.lookup(&idx);
 	if (!cls)
 		return -1;
 	idx = *cls;
+	idx += bank * FLOWC_CLASSES_family;
 	v_family = flowc_bv_family.lookup(&idx);
 	if (!v_family)
 		return -1;
 
-	idx = k->ip_proto;
+	idx = bank * 256 + k->ip_proto;
 	cls = flowc_cls_ip_proto.lookup(&idx);
 	if (!cls)
 		return -1;
 	idx = *cls;
+	idx += bank * FLOWC_CLASSES_ip_proto;
 	v_ip_proto = flowc_bv_ip_proto.lookup(&idx);
 	if (!v_ip_proto)
 		return -1;
@@ -103,19 +116,21 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k)
 	idx = 0; /* class of an absent ip4_src */
 	if (k->family == 4) {
 		addr = bpf_ntohl(k->ip4_src);
-		idx = addr >> 16;
+		idx = bank * 65536 + (addr >> 16);
 		slot = flowc_l1_ip4_src.lookup(&idx);
 		if (!slot)
 			return -1;
 		entry = *slot;
 		if (entry & FLOWC_DIR_CHUNK) {
-			idx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff);
+			idx = bank * FLOWC_L2_ip4_src +
+			      (((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff));
 			slot = flowc_l2_ip4_src.lookup(&idx);
 			if (!slot)
 				return -1;
 			entry = *slot;
 			if (entry & FLOWC_DIR_CHUNK) {
-				idx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff);
+				idx = bank * FLOWC_L3_ip4_src +
+				      (((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff));
 				slot = flowc_l3_ip4_src.lookup(&idx);
 				if (!slot)
 					return -1;
@@ -124,6 +139,7 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k)
 		}
 		idx = entry;
 	}
+	idx += bank * FLOWC_CLASSES_ip4_src;
 	v_ip4_src = flowc_bv_ip4_src.lookup(&idx);
 	if (!v_ip4_src)
 		return -1;
@@ -131,19 +147,21 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k)
 	idx = 0; /* class of an absent ip4_dst */
 	if (k->family == 4) {
 		addr = bpf_ntohl(k->ip4_dst);
-		idx = addr >> 16;
+		idx = bank * 65536 + (addr >> 16);
 		slot = flowc_l1_ip4_dst.lookup(&idx);
 		if (!slot)
 			return -1;
 		entry = *slot;
 		if (entry & FLOWC_DIR_CHUNK) {
-			idx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff);
+			idx = bank * FLOWC_L2_ip4_dst +
+			      (((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff));
 			slot = flowc_l2_ip4_dst.lookup(&idx);
 			if (!slot)
 				return -1;
 			entry = *slot;
 			if (entry & FLOWC_DIR_CHUNK) {
-				idx = ((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff);
+				idx = bank * FLOWC_L3_ip4_dst +
+				      (((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff));
 				slot = flowc_l3_ip4_dst.lookup(&idx);
 				if (!slot)
 					return -1;
@@ -152,41 +170,47 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k)
 		}
 		idx = entry;
 	}
+	idx += bank * FLOWC_CLASSES_ip4_dst;
 	v_ip4_dst = flowc_bv_ip4_dst.lookup(&idx);
 	if (!v_ip4_dst)
 		return -1;
 
 	idx = 0; /* class of an absent ip6_src */
 	if (k->family == 6) {
-		lpm6.prefixlen = 128;
+		lpm6.prefixlen = 136;
+		lpm6.bank = bank;
 		__builtin_memcpy(lpm6.addr, k->ip6_src, 16);
 		cls = flowc_cls_ip6_src.lookup(&lpm6);
 		if (!cls)
 			return -1;
 		idx = *cls;
 	}
+	idx += bank * FLOWC_CLASSES_ip6_src;
 	v_ip6_src = flowc_bv_ip6_src.lookup(&idx);
 	if (!v_ip6_src)
 		return -1;
 
 	idx = 0; /* class of an absent ip6_dst */
 	if (k->family == 6) {
-		lpm6.prefixlen = 128;
+		lpm6.prefixlen = 136;
+		lpm6.bank = bank;
 		__builtin_memcpy(lpm6.addr, k->ip6_dst, 16);
 		cls = flowc_cls_ip6_dst.lookup(&lpm6);
 		if (!cls)
 			return -1;
 		idx = *cls;
 	}
+	idx += bank * FLOWC_CLASSES_ip6_dst;
 	v_ip6_dst = flowc_bv_ip6_dst.lookup(&idx);
 	if (!v_ip6_dst)
 		return -1;
 
-	idx = k->dport;
+	idx = bank * 65536 + k->dport;
 	cls = flowc_cls_dport.lookup(&idx);
 	if (!cls)
 		return -1;
 	idx = *cls;
+	idx += bank * FLOWC_CLASSES_dport;
 	v_dport = flowc_bv_dport.lookup(&idx);
 	if (!v_dport)
 		return -1;
@@ -259,15 +283,18 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	struct flowc_rule_stats *stats;
 	struct flowc_config *cfg;
 	__u32 zero = 0;
+	__u32 bank, slot;
 	__u32 rule;
 	__s32 found;
 	__u64 now;
 	int status;
 
 	skb->cb[0] = 0;
+	cfg = flowc_config.lookup(&zero);
 	k = flowc_scratch.lookup(&zero);
-	if (!k)
+	if (!cfg || !k)
 		return FLOWC_TC_ACT_SHOT;
+	bank = cfg->bank & 1;
 	status = flowc_parse(skb, k);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
@@ -277,13 +304,14 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 		flowc_count(FLOWC_STATUS_MALFORMED);
 		return FLOWC_TC_ACT_SHOT;
 	}
-	found = flowc_classify(k);
+	found = flowc_classify(k, bank);
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_TC_ACT_SHOT; /* fail closed */
 	}
 	rule = found;
-	action = flowc_actions.lookup(&rule);
+	slot = bank * FLOWC_N_RULES + rule;
+	action = flowc_actions.lookup(&slot);
 	if (!action) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_TC_ACT_SHOT;
@@ -298,8 +326,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 		stats->bytes += skb->len;
 		stats->last_ns = now;
 	}
-	cfg = flowc_config.lookup(&zero);
-	if (cfg && (cfg->flags & FLOWC_CONFIG_F_EVENTS))
+	if (cfg->flags & FLOWC_CONFIG_F_EVENTS)
 		flowc_report(k, rule, cfg, now);
 
 	switch (action->kind) {

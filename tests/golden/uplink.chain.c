@@ -13,7 +13,7 @@
 //       rule 5: examples/uplink.fw:15  allow tcp to db dport 5432  => allow
 //      default: examples/uplink.fw:10  default drop  => drop
 
-#define FLOWC_N_RULES 7
+#define FLOWC_N_RULES 64 /* capacity; the policy has 7 */
 #define FLOWC_N_WORDS 1
 #define FLOWC_N_SUMMARY 1
 
@@ -24,11 +24,11 @@
 /* ---- from bpf/flowc_maps.h ---- */
 /* SPDX-License-Identifier: GPL-2.0 */
 /* flowc BPF runtime: the maps every flowc program has, whatever its policy.
- * Include after defining FLOWC_N_RULES. */
+ * Include after defining FLOWC_N_RULES (the rule capacity). */
 
 
-/* rule id -> what to do */
-BPF_ARRAY(flowc_actions, struct flowc_action, FLOWC_N_RULES);
+/* bank * FLOWC_N_RULES + rule id -> what to do */
+BPF_ARRAY(flowc_actions, struct flowc_action, FLOWC_BANKS * FLOWC_N_RULES);
 /* rule id -> packets, bytes, last hit (per CPU, summed by the agent) */
 BPF_PERCPU_ARRAY(flowc_rule_stats, struct flowc_rule_stats, FLOWC_N_RULES);
 /* FLOWC_STATUS_* -> count */
@@ -68,8 +68,9 @@ static __always_inline __u64 flowc_ip6_half(const volatile __u8 *p)
 	return v;
 }
 
-/* First match, in priority order: one test per rule. */
-static __always_inline __s32 flowc_classify(const struct flowc_key *k)
+/* First match, in priority order: one test per rule (the bank is unused:
+ * a chain program is replaced, never refilled). */
+static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 bank)
 {
 	/* rule 0: examples/uplink.fw:11  allow icmp */
 	if (FLOWC_FIELD(family) == 4 &&
@@ -158,15 +159,18 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	struct flowc_rule_stats *stats;
 	struct flowc_config *cfg;
 	__u32 zero = 0;
+	__u32 bank, slot;
 	__u32 rule;
 	__s32 found;
 	__u64 now;
 	int status;
 
 	skb->cb[0] = 0;
+	cfg = flowc_config.lookup(&zero);
 	k = flowc_scratch.lookup(&zero);
-	if (!k)
+	if (!cfg || !k)
 		return FLOWC_TC_ACT_SHOT;
+	bank = cfg->bank & 1;
 	status = flowc_parse(skb, k);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
@@ -176,13 +180,14 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 		flowc_count(FLOWC_STATUS_MALFORMED);
 		return FLOWC_TC_ACT_SHOT;
 	}
-	found = flowc_classify(k);
+	found = flowc_classify(k, bank);
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_TC_ACT_SHOT; /* fail closed */
 	}
 	rule = found;
-	action = flowc_actions.lookup(&rule);
+	slot = bank * FLOWC_N_RULES + rule;
+	action = flowc_actions.lookup(&slot);
 	if (!action) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_TC_ACT_SHOT;
@@ -197,8 +202,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 		stats->bytes += skb->len;
 		stats->last_ns = now;
 	}
-	cfg = flowc_config.lookup(&zero);
-	if (cfg && (cfg->flags & FLOWC_CONFIG_F_EVENTS))
+	if (cfg->flags & FLOWC_CONFIG_F_EVENTS)
 		flowc_report(k, rule, cfg, now);
 
 	switch (action->kind) {

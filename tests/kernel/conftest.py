@@ -19,6 +19,7 @@ from ir.interp import evaluate
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Policy
 from ir.packet import Packet
 from runtime.bpf_abi import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
+from runtime.bpf_loader import SlowPath
 
 
 def _have_bcc() -> bool:
@@ -67,13 +68,10 @@ class Loaded:
     """Programs loaded once per session, keyed by (policy identity, strategy)."""
 
     def __init__(self) -> None:
-        from runtime.bpf_loader import SlowPath
-
         self._cache: dict[tuple[int, str], SlowPath] = {}
         self._keep: list[Policy] = []
 
-    def get(self, policy: Policy, strategy: str = "bitvec"):  # type: ignore[no-untyped-def]
-        from runtime.bpf_loader import SlowPath
+    def get(self, policy: Policy, strategy: str = "bitvec") -> SlowPath:
 
         key = (id(policy), strategy)
         if key not in self._cache:

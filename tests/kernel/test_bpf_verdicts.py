@@ -203,3 +203,56 @@ def test_classbench_ten_thousand_rules(loaded: Loaded, run_netns: str, name: str
         )
     for point, _rule in region_witnesses(policy, per_rule=1)[::25]:
         check(loaded, run_netns, policy, Packet(point), "bitvec")
+
+
+def test_same_shape_update_is_a_map_refill(run_netns: str) -> None:
+    """A new policy of the same shape goes live by refilling the idle bank and
+    flipping one word: the program (and its fd) stay, verdicts change."""
+    from backends.bpf_c import ShapeChanged, lower
+    from runtime.bpf_loader import SlowPath
+
+    def policy_from(text: str) -> Policy:
+        result = compile_source(text, "u.fw")
+        assert result.program is not None
+        return result.program.policies[0]
+
+    old = policy_from(
+        "policy p ingress on eth0 {\n default drop\n allow udp from 10.0.0.0/8 dport 53\n"
+        " allow tcp to fd00::/16 dport 443\n}\n"
+    )
+    new = policy_from(
+        "policy p ingress on eth0 {\n default allow\n drop udp from 10.1.0.0/16 dport 53-54\n"
+        " mark 9 tcp to fd00:1::/32 dport 443\n drop udp from 11.0.0.0/8 dport 9\n}\n"
+    )
+    slow_path = SlowPath(lower(old), ifindex_of=lambda _dev: 1)
+    fd = slow_path.fd
+    probes = [
+        parse_packet(p)
+        for p in (
+            "udp 10.1.2.3:5 -> 1.1.1.1:53",
+            "udp 10.2.2.3:5 -> 1.1.1.1:53",
+            "udp 11.2.2.3:5 -> 1.1.1.1:9",
+            "tcp [fd00:1::1]:5 -> [fd00:1::2]:443",
+            "tcp [fd00:2::1]:5 -> [fd00:2::2]:443",
+            "icmp 1.1.1.1 -> 2.2.2.2",
+        )
+    ]
+
+    def agrees_with(policy: Policy) -> None:
+        assert slow_path.fd == fd
+        for packet in probes:
+            with inside(run_netns):
+                got = kernel_run(fd, frame(packet))
+            assert (got.retval, got.rule, got.mark) == expected(policy, packet), packet
+
+    try:
+        agrees_with(old)
+        slow_path.update(new, generation=2)
+        agrees_with(new)
+        slow_path.update(old, generation=3)  # back into the first bank, refilled
+        agrees_with(old)
+        wider = policy_from("policy p ingress on eth0 {\n default drop\n allow vlan 5\n}\n")
+        with pytest.raises(ShapeChanged):
+            slow_path.update(wider, generation=3)
+    finally:
+        slow_path.close()
