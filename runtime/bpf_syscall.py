@@ -27,13 +27,17 @@ class BpfSyscallError(OSError):
     """A bpf(2) command failed; ``errno`` says why."""
 
 
-def _bpf(cmd: int, attr: bytes) -> int:
-    buf = ct.create_string_buffer(attr.ljust(ATTR_SIZE, b"\0"), ATTR_SIZE)
-    rc: int = _libc.syscall(SYS_BPF, cmd, buf, ATTR_SIZE)
+def bpf_call(cmd: int, attr: ct.Structure | ct.Array[ct.c_char]) -> int:
+    """bpf(cmd, attr): the kernel reads and may write ``attr`` in place."""
+    rc: int = _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
     if rc < 0:
         err = ct.get_errno()
         raise BpfSyscallError(err, os.strerror(err))
     return rc
+
+
+def _bpf(cmd: int, attr: bytes) -> int:
+    return bpf_call(cmd, ct.create_string_buffer(attr.ljust(ATTR_SIZE, b"\0"), ATTR_SIZE))
 
 
 def tcx_attach(prog_fd: int, ifindex: int, ingress: bool) -> int:

@@ -8,16 +8,14 @@ program. Requires root (CAP_BPF + CAP_NET_ADMIN).
 from __future__ import annotations
 
 import ctypes as ct
-import os
 from dataclasses import dataclass
 
-SYS_BPF = 321  # x86_64
+from runtime.bpf_syscall import BpfSyscallError, bpf_call
+
 BPF_PROG_TEST_RUN = 10
 SKB_SIZE = 192  # sizeof(struct __sk_buff)
 SKB_MARK = 8
 SKB_CB0 = 48
-
-_libc = ct.CDLL(None, use_errno=True)
 
 
 class _TestAttr(ct.Structure):
@@ -82,10 +80,10 @@ def test_run(prog_fd: int, frame: bytes, *, repeat: int = 1) -> RunResult:
         ctx_in=ct.addressof(ctx_in),
         ctx_out=ct.addressof(ctx_out),
     )
-    rc = _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, ct.byref(attr), ct.sizeof(attr))
-    if rc != 0:
-        err = ct.get_errno()
-        raise TestRunError(err, f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
+    try:
+        bpf_call(BPF_PROG_TEST_RUN, attr)
+    except BpfSyscallError as exc:
+        raise TestRunError(exc.errno, f"BPF_PROG_TEST_RUN failed: {exc.strerror}") from None
     raw = ctx_out.raw
     cb0 = int.from_bytes(raw[SKB_CB0 : SKB_CB0 + 4], "little")
     mark = int.from_bytes(raw[SKB_MARK : SKB_MARK + 4], "little")
