@@ -284,7 +284,13 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
     for t in tables.fields:
         out += _lookup_lines(t)
     summary_and = " & ".join(f"v_{n}->summary[s]" for n in names)
-    word_and = " & ".join(f"v_{n}->words[w]" for n in names)
+    # Most summary hits are false (each field has some rule in the word, but not
+    # the same one), so test the words of the fields with the most classes (the
+    # most selective) first and stop at the first zero.
+    by_selectivity = sorted(tables.fields, key=lambda t: -len(t.classes))
+    first, *rest = (t.field for t in by_selectivity)
+    word_lines = [f"\t\t\tword = v_{first}->words[w];"]
+    word_lines += [f"\t\t\tif (word)\n\t\t\t\tword &= v_{n}->words[w];" for n in rest]
     out += [
         "\tfor (__u32 s = 0; s < FLOWC_N_SUMMARY; s++) {",
         f"\t\t__u64 summary = {summary_and};",
@@ -298,7 +304,7 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
         '\t\t\tasm volatile("" : "+r"(w));',
         "\t\t\tif (w >= FLOWC_N_WORDS)",
         "\t\t\t\tbreak;",
-        f"\t\t\tword = {word_and};",
+        *word_lines,
         "\t\t\tif (word)",
         "\t\t\t\treturn w * 64 + flowc_ctz64(word);",
         "\t\t\tsummary &= summary - 1;",

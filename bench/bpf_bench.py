@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10,100,1000,10000")
     parser.add_argument("--packets", type=int, default=64, help="distinct packets per policy")
     parser.add_argument("--repeat", type=int, default=20000, help="test-run repetitions each")
+    parser.add_argument("--strategies", default="bitvec,chain")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     cost: dict[tuple[int, str], float] = {}
     for size in sizes:
-        for strategy in ("bitvec", "chain"):
+        for strategy in args.strategies.split(","):
             status, ns, load_s = measure(size, strategy, args.packets, args.repeat)
             if ns is not None:
                 cost[(size, strategy)] = ns

@@ -227,7 +227,19 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 ban
 			asm volatile("" : "+r"(w));
 			if (w >= FLOWC_N_WORDS)
 				break;
-			word = v_family->words[w] & v_ip_proto->words[w] & v_ip4_src->words[w] & v_ip4_dst->words[w] & v_ip6_src->words[w] & v_ip6_dst->words[w] & v_dport->words[w];
+			word = v_ip_proto->words[w];
+			if (word)
+				word &= v_ip4_dst->words[w];
+			if (word)
+				word &= v_dport->words[w];
+			if (word)
+				word &= v_family->words[w];
+			if (word)
+				word &= v_ip4_src->words[w];
+			if (word)
+				word &= v_ip6_src->words[w];
+			if (word)
+				word &= v_ip6_dst->words[w];
 			if (word)
 				return w * 64 + flowc_ctz64(word);
 			summary &= summary - 1;
