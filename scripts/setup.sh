@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2)
+APT_PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 procps)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

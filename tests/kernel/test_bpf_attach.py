@@ -61,6 +61,19 @@ def pair() -> Iterator[Pair]:
     run("ip", "netns", "add", p.ns_a)
     run("ip", "netns", "add", p.ns_b)
     try:
+        # No IPv6 on these links: its neighbour discovery and MLD chatter would be
+        # classified too and make the per-rule counts depend on timing.
+        for ns in (p.ns_a, p.ns_b):
+            for conf in ("all", "default"):
+                run(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    f"net.ipv6.conf.{conf}.disable_ipv6=1",
+                )
         run(
             "ip",
             "link",
