@@ -104,6 +104,10 @@ def _pow2(n: int, minimum: int) -> int:
     return size
 
 
+def _rule_label(rule: Rule) -> str:
+    return "default" if rule.is_default else f"rule {rule.priority}"
+
+
 def _rule_comment(rule: Rule) -> str:
     text = rule.origin.text.replace("*/", "* /")
     return f"{rule.origin}  {text}" if text else str(rule.origin)
@@ -120,8 +124,7 @@ def _header(policy: Policy, strategy: str) -> list[str]:
         "// flowc_actions and flowc_rule_stats):",
     ]
     for rule in policy.rules:
-        kind = "default" if rule.is_default else f"rule {rule.priority}"
-        lines.append(f"//   {kind:>10}: {_rule_comment(rule)}  => {rule.action}")
+        lines.append(f"//   {_rule_label(rule):>10}: {_rule_comment(rule)}  => {rule.action}")
     return lines
 
 
@@ -386,26 +389,7 @@ def _lookup_lines(t: FieldTable) -> list[str]:
 # ------------------------------------------------------------------- chain
 def _chain_classifier(policy: Policy) -> list[str]:
     out = [
-        "/* Every test reads the key afresh (volatile): if values stayed in registers",
-        " * across rules, the verifier would carry what each failed test taught it",
-        " * about them and explore exponentially many states. */",
-        "#define FLOWC_FIELD(f) (*(volatile typeof(k->f) *)&k->f)",
-        "",
-        "static __always_inline __u32 flowc_ip4(const volatile __u32 *p)",
-        "{",
-        "\treturn bpf_ntohl(*p);",
-        "}",
-        "",
-        "/* Big-endian 64-bit half of an IPv6 address, for prefix tests. */",
-        "static __always_inline __u64 flowc_ip6_half(const volatile __u8 *p)",
-        "{",
-        "\t__u64 v = 0;",
-        "",
-        "#pragma unroll",
-        "\tfor (int i = 0; i < 8; i++)",
-        "\t\tv = (v << 8) | p[i];",
-        "\treturn v;",
-        "}",
+        '#include "flowc_chain.h"',
         "",
         "/* First match, in priority order: one test per rule (the bank is unused:",
         " * a chain program is replaced, never refilled). */",
@@ -413,8 +397,7 @@ def _chain_classifier(policy: Policy) -> list[str]:
         "{",
     ]
     for rule in policy.rules:
-        label = "default" if rule.is_default else f"rule {rule.priority}"
-        out.append(f"\t/* {label}: {_rule_comment(rule)} */")
+        out.append(f"\t/* {_rule_label(rule)}: {_rule_comment(rule)} */")
         conditions = [_condition(name, values) for name, values in rule.match.constraints]
         if conditions:
             out.append("\tif (" + " &&\n\t    ".join(conditions) + ")")

@@ -47,26 +47,7 @@ BPF_PERCPU_ARRAY(flowc_scratch, struct flowc_key, 1);
 BPF_TABLE("lru_hash", struct flowc_key, __u64, flowc_reported, 65536);
 /* ---- end of bpf/flowc_maps.h ---- */
 
-/* Every test reads the key afresh (volatile): if values stayed in registers
- * across rules, the verifier would carry what each failed test taught it
- * about them and explore exponentially many states. */
-#define FLOWC_FIELD(f) (*(volatile typeof(k->f) *)&k->f)
-
-static __always_inline __u32 flowc_ip4(const volatile __u32 *p)
-{
-	return bpf_ntohl(*p);
-}
-
-/* Big-endian 64-bit half of an IPv6 address, for prefix tests. */
-static __always_inline __u64 flowc_ip6_half(const volatile __u8 *p)
-{
-	__u64 v = 0;
-
-#pragma unroll
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
+#include "flowc_chain.h"
 
 /* First match, in priority order: one test per rule (the bank is unused:
  * a chain program is replaced, never refilled). */

@@ -34,6 +34,16 @@ def flowc(netns: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def tc_filters(netns: str) -> str:
+    """What iproute2's tc shows on fcv0's ingress."""
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "tc", "filter", "show", "dev", "fcv0", "ingress"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def test_load_show_unload(netns: str, tmp_path: Path) -> None:
     policy = tmp_path / "p.fw"
     policy.write_text(
@@ -43,22 +53,11 @@ def test_load_show_unload(netns: str, tmp_path: Path) -> None:
     loaded = flowc(netns, "load", str(policy))
     assert loaded.returncode == 0, loaded.stderr
     assert "loaded policy p (3 rules, bitvec) on ingress of fcv0 (tc)" in loaded.stdout
-    shown = subprocess.run(
-        ["ip", "netns", "exec", netns, "tc", "filter", "show", "dev", "fcv0", "ingress"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    shown = tc_filters(netns)
     assert "flowc" in shown and "direct-action" in shown
     # Loading again replaces in place: still exactly one filter.
     assert flowc(netns, "load", str(policy)).returncode == 0
-    shown = subprocess.run(
-        ["ip", "netns", "exec", netns, "tc", "filter", "show", "dev", "fcv0", "ingress"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert shown.count("direct-action") == 1
+    assert tc_filters(netns).count("direct-action") == 1
     unloaded = flowc(netns, "unload", "--dev", "fcv0", "--direction", "ingress")
     assert unloaded.returncode == 0, unloaded.stderr
     again = flowc(netns, "unload", "--dev", "fcv0", "--direction", "ingress")
