@@ -23,7 +23,7 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ir.fields import Space
@@ -193,8 +193,15 @@ def first_containing(cubes: Sequence[Cube], point: Point) -> int | None:
     return None
 
 
+Locator = Callable[[Point], int | None]
+
+
 def uncovered_witness(
-    space: Space, c: Cube, cover: Sequence[Cube], limit: int = 20000
+    space: Space,
+    c: Cube,
+    cover: Sequence[Cube],
+    limit: int = 20000,
+    locate: Locator | None = None,
 ) -> tuple[bool, Point | None]:
     """Look for a packet of ``c`` outside every cube of ``cover``.
 
@@ -206,14 +213,17 @@ def uncovered_witness(
     Returns ``(True, packet)`` when a packet escapes the cover, ``(True,
     None)`` when the cover holds all of ``c``, and ``(False, None)`` when the
     residual grew past ``limit`` cubes and the question was not settled.
+    ``locate`` may replace the linear search for the first cover cube holding a
+    packet (an index, as :func:`first_containing` would return).
     """
+    find = locate if locate is not None else (lambda point: first_containing(cover, point))
     residual = [c]
     while residual:
         piece = residual.pop()
         point = witness(space, piece)
         if point is None:
             continue
-        hit = first_containing(cover, point)
+        hit = find(point)
         if hit is None:
             return True, point
         residual.extend(subtract(space, piece, cover[hit]))
@@ -222,13 +232,19 @@ def uncovered_witness(
     return True, None
 
 
-def covered_by(space: Space, c: Cube, cover: Sequence[Cube], limit: int = 20000) -> bool | None:
+def covered_by(
+    space: Space,
+    c: Cube,
+    cover: Sequence[Cube],
+    limit: int = 20000,
+    locate: Locator | None = None,
+) -> bool | None:
     """True when every packet of ``c`` lies in the union of ``cover``.
 
     Returns None when the residual region grows past ``limit`` cubes, so the
     caller can say the question was too expensive instead of guessing.
     """
-    settled, escaped = uncovered_witness(space, c, cover, limit)
+    settled, escaped = uncovered_witness(space, c, cover, limit, locate)
     if not settled:
         return None
     return escaped is None

@@ -15,7 +15,8 @@ cube algebra runs on the few candidates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -28,6 +29,8 @@ from ir.model import Policy, Rule
 
 # Residual regions larger than this are given up on (reported, not guessed).
 FRAGMENT_LIMIT = 5000
+# Cover lists longer than this are searched through the box index, not linearly.
+LOCATOR_MIN = 32
 
 
 class OverlapIndex:
@@ -35,15 +38,41 @@ class OverlapIndex:
 
     def __init__(self, space: Space, cubes: Sequence[Cube]) -> None:
         n, width = len(cubes), len(space.fields)
+        self.cubes = cubes
         self.lo = np.zeros((n, width), dtype=np.int64)
         self.hi = np.zeros((n, width), dtype=np.int64)
+        self.endpoints: list[list[int]] = []
         for j in range(width):
             hulls = [c.sets[j].hull() if c.sets[j].intervals else (1, 0) for c in cubes]
             # Rank-compress so 128-bit values fit in int64 while order (and so
             # interval overlap) is preserved exactly.
-            ranks = {v: k for k, v in enumerate(sorted({v for h in hulls for v in h}))}
+            endpoints = sorted({v for h in hulls for v in h})
+            ranks = {v: k for k, v in enumerate(endpoints)}
+            self.endpoints.append(endpoints)
             self.lo[:, j] = [ranks[h[0]] for h in hulls]
             self.hi[:, j] = [ranks[h[1]] for h in hulls]
+
+    def locator(self, members: Sequence[int]) -> Callable[[tuple[int, ...]], int | None]:
+        """A fast ``first_containing`` over the cubes ``members`` (by position in it).
+
+        A packet's value v lies in a hull [lo, hi] iff rank(lo) <= (rank of the
+        largest endpoint <= v) and rank(hi) >= (rank of the smallest endpoint >= v);
+        the boxes hit are then checked exactly, in order.
+        """
+        index = np.asarray(members, dtype=np.int64)
+        lo, hi = self.lo[index], self.hi[index]
+        cubes = [self.cubes[m] for m in members]
+
+        def locate(point: tuple[int, ...]) -> int | None:
+            below = [bisect_right(e, v) - 1 for e, v in zip(self.endpoints, point, strict=True)]
+            above = [bisect_left(e, v) for e, v in zip(self.endpoints, point, strict=True)]
+            hit = np.all((lo <= np.asarray(below)) & (hi >= np.asarray(above)), axis=1)
+            for k in np.flatnonzero(hit):
+                if cubes[k].contains(point):
+                    return int(k)
+            return None
+
+        return locate
 
     def candidates(self, i: int, start: int, stop: int) -> list[int]:
         """Indexes in ``[start, stop)`` whose box meets cube ``i``'s box."""
@@ -123,15 +152,22 @@ def analyse(policy: Policy, *, redundancy: bool = True, space: Space = HEADER_SP
         last_with_action[r.action] = i
     for group in rule_groups(policy):
         first = group[0]
+        # Boxes that meet the group's boxes; a box hit that is no real overlap only
+        # costs a failed containment test, so the exact filter waits for reporting.
         earlier = sorted({c for i in group for c in index.candidates(i, 0, first)})
-        earlier = [c for c in earlier if any(_meets(space, cubes[i], cubes[c]) for i in group)]
         earlier_cubes = [cubes[c] for c in earlier]
-        answers = [covered_by(space, cubes[i], earlier_cubes, FRAGMENT_LIMIT) for i in group]
+        locate = index.locator(earlier) if len(earlier) > LOCATOR_MIN else None
+        answers = [
+            covered_by(space, cubes[i], earlier_cubes, FRAGMENT_LIMIT, locate) for i in group
+        ]
         if None in answers:
             gave_up.append(GaveUp(rules[first]))
             continue
         if all(answers):
-            shadowed.append(Shadowed(rules[first], _shadowers(space, group, earlier, rules)))
+            overlapping = [
+                c for c in earlier if any(_meets(space, cubes[i], cubes[c]) for i in group)
+            ]
+            shadowed.append(Shadowed(rules[first], _shadowers(space, group, overlapping, rules)))
             continue
         if not redundancy or rules[first].is_default:
             continue
