@@ -20,6 +20,7 @@ boxes and repeats them with Zipf-distributed popularity.
 from __future__ import annotations
 
 import argparse
+import bisect
 import ipaddress
 import random
 import sys
@@ -175,8 +176,6 @@ def zipf_indexes(rng: random.Random, n_items: int, n_draws: int, skew: float) ->
     for w in weights:
         acc += w / total
         cumulative.append(acc)
-    import bisect
-
     for _ in range(n_draws):
         yield min(bisect.bisect_left(cumulative, rng.random()), n_items - 1)
 

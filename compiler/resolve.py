@@ -13,6 +13,7 @@ including file.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -368,13 +369,13 @@ class Resolver:
                 continue
             kind = "address" if isinstance(value, AddrValue) else "port"
             if first_kind is None:
-                first_kind = (kind, _element_pos(element))
+                first_kind = (kind, element.pos)
             elif first_kind[0] != kind:
                 self.diags.append(
                     error(
                         "mixed-set",
                         f"{label} mixes addresses and ports: this is {_article(kind)}",
-                        _element_pos(element),
+                        element.pos,
                         note(f"the first element is {_article(first_kind[0])}", first_kind[1]),
                     )
                 )
@@ -512,12 +513,6 @@ def _article(kind: str) -> str:
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
-def _element_pos(element: ast.SetElement) -> ast.Pos:
-    return element.pos
-
-
 def _closest(name: str, scope: dict[str, Definition | None]) -> str | None:
-    import difflib
-
     matches = difflib.get_close_matches(name, list(scope), n=1, cutoff=0.75)
     return matches[0] if matches else None

@@ -65,12 +65,21 @@ def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _dsl_line(log: str, program: BpfProgram) -> int | None:
-    """The DSL line the verifier log points at, via the rule comments the C carries."""
-    for match in reversed(re.findall(r"(?:rule \d+|default): \S+:(\d+)", log)):
-        return int(match)
-    del program
-    return None
+def _capturing(step: Callable[[], Any]) -> tuple[Any, Exception | None, str]:
+    """Run a bcc step, returning (result, the exception it raised, what C code printed)."""
+    result, error = None, None
+    with _captured_stderr() as out:
+        try:
+            result = step()
+        except Exception as exc:  # bcc raises bare Exception for clang and verifier failures
+            error = exc
+    return result, error, out[0]
+
+
+def _dsl_line(log: str) -> int | None:
+    """The DSL line the verifier log points at last, via the rule comments the C carries."""
+    lines = re.findall(r"(?:rule \d+|default): \S+:(\d+)", log)
+    return int(lines[-1]) if lines else None
 
 
 def _update_u32_array(table: Any, values: list[int], offset: int = 0) -> None:
@@ -113,28 +122,15 @@ class SlowPath:
         self.ifindex_of = ifindex_of
         self.peer_redirect = peer_redirect
         cflags = [f"-I{BPF_DIR}", "-Wno-unused-function", "-Wno-compare-distinct-pointer-types"]
-        with _captured_stderr() as out:
-            try:
-                self.bpf = BPF(text=program.source.encode(), cflags=cflags)
-            except Exception as exc:
-                compile_error: Exception | None = exc
-            else:
-                compile_error = None
-        if compile_error is not None:
-            raise BpfLoadError("compile", str(compile_error), _tail(out[0])) from None
-        with _captured_stderr() as out:
-            try:
-                self.fn = self.bpf.load_func(ENTRY_FUNCTION.encode(), BPF.SCHED_CLS)
-            except Exception as exc:
-                load_error: Exception | None = exc
-            else:
-                load_error = None
-        if load_error is not None:
-            log = out[0]
+        self.bpf, error, log = _capturing(lambda: BPF(text=program.source.encode(), cflags=cflags))
+        if error is not None:
+            raise BpfLoadError("compile", str(error), _tail(log))
+        self.fn, error, log = _capturing(
+            lambda: self.bpf.load_func(ENTRY_FUNCTION.encode(), BPF.SCHED_CLS)
+        )
+        if error is not None:
             self.bpf.cleanup()
-            raise BpfLoadError(
-                "verifier", str(load_error), _tail(log), _dsl_line(log, program)
-            ) from None
+            raise BpfLoadError("verifier", str(error), _tail(log), _dsl_line(log))
         try:
             self.fill(program.policy, generation=generation, events=events, dedup_ns=dedup_ns)
         except Exception:

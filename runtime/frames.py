@@ -128,7 +128,7 @@ def parse_frame(data: bytes) -> Packet | str:
             ip4_dst=int.from_bytes(data[off + 16 : off + 20], "big"),
         )
         if int.from_bytes(data[off + 6 : off + 8], "big") & 0x1FFF:
-            return _packet(fields)
+            return Packet.make(**fields)
         return _transport(data, off + ihl, fields)
     if proto == ETH_P_IPV6:
         if len(data) < off + 40:
@@ -153,7 +153,7 @@ def parse_frame(data: bytes) -> Packet | str:
                 nxt = data[off]
                 if int.from_bytes(data[off + 2 : off + 4], "big") & 0xFFF8:
                     fields["ip_proto"] = nxt
-                    return _packet(fields)
+                    return Packet.make(**fields)
                 off += 8
             else:
                 nxt, off = data[off], off + (data[off + 1] + 1) * 8
@@ -162,11 +162,6 @@ def parse_frame(data: bytes) -> Packet | str:
         fields["ip_proto"] = nxt
         return _transport(data, off, fields)
     return NOT_IP
-
-
-def _packet(fields: dict[str, int]) -> Packet:
-    # A field the packet lacks must read 0; drop values the model cannot hold.
-    return Packet.make(**fields)
 
 
 def _transport(data: bytes, off: int, fields: dict[str, int]) -> Packet | str:
@@ -180,7 +175,7 @@ def _transport(data: bytes, off: int, fields: dict[str, int]) -> Packet | str:
     elif (family, proto) in ((4, PROTO_ICMP), (6, PROTO_ICMPV6)):
         need = 2
     else:
-        return _packet(fields)
+        return Packet.make(**fields)
     if len(data) < off + need:
         return MALFORMED
     if need == 2:
@@ -192,4 +187,4 @@ def _transport(data: bytes, off: int, fields: dict[str, int]) -> Packet | str:
         )
         if need == 14:
             fields["tcp_flags"] = data[off + 13]
-    return _packet(fields)
+    return Packet.make(**fields)
