@@ -290,6 +290,79 @@ class ValueSet:
             return lo & mask, mask
         return None
 
+    def ternary_cover(self) -> list[tuple[int, int]]:
+        """Disjoint ``(value, mask)`` ternaries whose union is exactly the set.
+
+        Built bit by bit from the most significant end, merging the two halves
+        of a subtree wherever they hold the same ternary, so any single ternary
+        (``flags syn,!ack``) comes back as one entry and a range never needs
+        more entries than its prefixes.
+
+        >>> ValueSet.of_ternary(8, 0x02, 0x12).ternary_cover()
+        [(2, 18)]
+        >>> ValueSet.of_values(8, [1, 3]).ternary_cover()
+        [(1, 253)]
+        """
+        if not self.intervals:
+            return []
+        single = self.as_ternary()
+        if single is not None:
+            return [single]
+        return [(value, mask) for value, mask in self._cover(0, self.width, 0, len(self.intervals))]
+
+    def _cover(self, base: int, bits: int, first: int, stop: int) -> list[tuple[int, int]]:
+        """Cover of the set inside ``[base, base + 2**bits)``, whose intervals
+        overlapping that block are ``intervals[first:stop]``; masks span the
+        whole width, so entries are ready to use."""
+        top_block = base + (1 << bits) - 1
+        width_top = (1 << self.width) - 1
+        block_mask = width_top & ~((1 << bits) - 1)
+        ivs = self.intervals[first:stop]
+        if not ivs:
+            return []
+        if ivs[0][0] <= base and ivs[0][1] >= top_block:
+            return [(base, block_mask)]
+        half = base + (1 << (bits - 1))
+        # Intervals meeting each half: [first, low_stop) and [high_first, stop);
+        # one interval may straddle both.
+        low_stop = first
+        while low_stop < stop and self.intervals[low_stop][0] < half:
+            low_stop += 1
+        high_first = first
+        while high_first < stop and self.intervals[high_first][1] < half:
+            high_first += 1
+        low = self._cover(base, bits - 1, first, low_stop)
+        high = self._cover(half, bits - 1, high_first, stop)
+        bit = 1 << (bits - 1)
+        high_keys = {(v & ~bit, m) for v, m in high}
+        merged = []
+        for value, mask in low:
+            if (value, mask) in high_keys:
+                merged.append((value, mask & ~bit))
+                high_keys.discard((value, mask))
+            else:
+                merged.append((value, mask))
+        merged.extend((v | bit, m) for v, m in high if (v & ~bit, m) in high_keys)
+        return merged
+
+    def covering_ternary(self) -> tuple[int, int]:
+        """The smallest single ``(value, mask)`` ternary containing the set
+        (the bits all members share); used to widen trap rules, never a decision rule.
+
+        >>> ValueSet.of_values(16, [80, 443]).covering_ternary()
+        (16, 65044)
+        """
+        if not self.intervals:
+            raise ValueError("covering ternary of an empty set")
+        lo = self.intervals[0][0]
+        diff = 0
+        for a, b in self.intervals:
+            diff |= (a ^ lo) | (b ^ lo)
+            if a != b:
+                diff |= (1 << (a ^ b).bit_length()) - 1
+        mask = ((1 << self.width) - 1) & ~diff
+        return lo & mask, mask
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self.intervals)
 

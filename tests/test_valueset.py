@@ -107,3 +107,34 @@ def test_wide_prefix_and_range() -> None:
     assert v6.as_prefix() == (0xFD00 << 112, 8)
     assert (~v6).size() == (1 << 128) - (1 << 120)
     assert ValueSet.of_range(16, 1024, 65535).to_prefixes()[0] == (1024, 6)
+
+
+@given(value_sets(), st.sets(st.integers(0, TOP), max_size=20))
+def test_ternary_cover_is_exact_disjoint_and_no_longer_than_prefixes(
+    a: tuple, extra: set[int]
+) -> None:
+    vs = a[0] | ValueSet.of_values(WIDTH, extra)
+    want = members(vs)
+    seen: set[int] = set()
+    cover = vs.ternary_cover()
+    for value, mask in cover:
+        assert value & ~mask == 0
+        block = {x for x in range(TOP + 1) if x & mask == value}
+        assert not block & seen
+        seen |= block
+    assert seen == want
+    assert len(cover) <= len(vs.to_prefixes())
+
+
+@given(value_sets())
+def test_covering_ternary_is_the_smallest_single_ternary(a: tuple) -> None:
+    vs, want = a
+    if not want:
+        return
+    value, mask = vs.covering_ternary()
+    block = {x for x in range(TOP + 1) if x & mask == value}
+    assert want <= block
+    # Dropping a cared-for bit is not needed: every kept bit is shared by all members.
+    for bit in range(WIDTH):
+        if mask >> bit & 1:
+            assert len({x >> bit & 1 for x in want}) == 1
