@@ -85,6 +85,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     program = run_passes(result.program, optimize=args.optimize, until=args.dump_after)
     if args.emit == "bpf":
         return _emit_bpf(program, args)
+    if args.emit in ("flower", "tc"):
+        return _emit_flower(program, args)
     if args.hook is not None:
         program = Program((_select_policy(program, args.hook),))
     if args.format == "json":
@@ -115,6 +117,52 @@ def _emit_bpf(program: Program, args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
     print(
         f"wrote {out_dir / (policy.name + '.bpf.c')} and {policy.name}.maps.json", file=sys.stderr
+    )
+    return EXIT_OK
+
+
+def profile_from_args(args: argparse.Namespace) -> Any:
+    """The NIC profile named by ``--profile`` with ``--profile-set`` overrides applied."""
+    from backends.nic_profile import ProfileError, load_profile
+
+    overrides: dict[str, str] = {}
+    for item in args.profile_set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--profile-set takes KEY=VALUE, not {item!r}")
+        overrides[key.strip()] = value.strip()
+    try:
+        return load_profile(args.profile, overrides)
+    except ProfileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _emit_flower(program: Program, args: argparse.Namespace) -> int:
+    """Write the flower filters as `tc -j filter show` JSON (flower) or a `tc -batch` file (tc);
+    rules kept out of the device are reported on stderr."""
+    from backends import flower
+    from backends.flower_text import to_tc_batch, to_tc_json
+
+    policy = _select_policy(program, args.hook)
+    profile = profile_from_args(args)
+    try:
+        lowered = flower.lower(policy, profile)
+    except flower.FlowerLoweringError as exc:
+        print(f"flowc: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    for line in flower.describe(lowered):
+        print(f"flowc: note: {line}", file=sys.stderr)
+    if args.emit == "flower":
+        text = json.dumps(to_tc_json(lowered.filters), indent=1) + "\n"
+    else:
+        text = to_tc_batch(lowered.filters, policy.hook.device, policy.hook.direction)
+    _write_output(text, args.output)
+    counts = lowered.counts()
+    print(
+        f"flowc: {policy.name}: {len(lowered.filters)} filters, {lowered.distinct_masks()} masks; "
+        f"rules in hardware {counts['hardware']}, trapped {counts['trapped']}, "
+        f"slow path only {counts['slow']} (profile {profile.name})",
+        file=sys.stderr,
     )
     return EXIT_OK
 
@@ -352,9 +400,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy", nargs="?", metavar="POLICY", help="policy file (.fw)")
     p.add_argument(
         "--emit",
-        choices=["ir", "bpf"],
+        choices=["ir", "bpf", "flower", "tc"],
         default="ir",
-        help="ir: the IR; bpf: slow-path C (with -o DIR also the map contents as JSON)",
+        help="ir: the IR; bpf: slow-path C (with -o DIR also the map contents as JSON); "
+        "flower: filters as `tc -j filter show` JSON; tc: a `tc -batch` file",
+    )
+    p.add_argument(
+        "--profile",
+        default="software",
+        help="NIC profile for flower/tc: a bundled name or a .toml path (default software)",
+    )
+    p.add_argument(
+        "--profile-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a profile value (repeatable), e.g. max_rules=2000",
     )
     p.add_argument(
         "--strategy",
