@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 procps)
+# linux-image-amd64, qemu-system-x86 and busybox-static: the guest-kernel tier
+# boots Debian's kernel (which has cls_flower) with virtme-ng under qemu.
+APT_PACKAGES=(python3-bpfcc libbpfcc linux-headers-amd64 iproute2 procps
+              linux-image-amd64 qemu-system-x86 busybox-static)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run the whole test suite: lint, format check, types,
 # then every test tier this machine can run (unit/property always; kernel
-# tier when root). Fails when any step fails.
+# tier when root; the guest-kernel tier under virtme-ng). Fails when any step fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,3 +12,5 @@ echo "== mypy";              .venv/bin/mypy
 echo "== pytest"
 # Doctests in the packages run alongside the tests.
 "$PY" -m pytest -q tests compiler ir backends runtime "$@"
+echo "== guest kernel tier (virtme-ng, Debian kernel; boots once)"
+FLOWC_REQUIRE_GUEST=1 "$PY" -m tests.guest_runner tests/guest

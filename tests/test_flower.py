@@ -161,9 +161,7 @@ def test_negation_expands_exactly_never_widens() -> None:
     covered = sum(1 << (32 - bin(m.src_ip.mask).count("1")) for m in matches if m.src_ip)
     assert covered == (1 << 32) - (1 << 24)
     assert all(
-        (m.src_ip.value ^ 0x0A000000) & m.src_ip.mask & 0xFF000000 != 0
-        for m in matches
-        if m.src_ip
+        (m.src_ip.value ^ 0x0A000000) & m.src_ip.mask & 0xFF000000 != 0 for m in matches if m.src_ip
     )
 
 
