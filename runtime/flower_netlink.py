@@ -307,6 +307,11 @@ class flower_options(nla):
 class flower_tcmsg(tcmsg):
     """pyroute2's tcmsg with the attributes after TCA_STAB (TCA_CHAIN, TCA_HW_OFFLOAD)."""
 
+    # pyroute2 compiles an nla_map once per class and marks it in a private class
+    # attribute; without resetting it here, a subclass created after tcmsg was
+    # compiled would silently reuse tcmsg's table (and drop TCA_CHAIN).
+    _nlmsg_base__compiled_nla = False
+
     nla_map = (
         ("TCA_UNSPEC", "none"),
         ("TCA_KIND", "asciiz"),
