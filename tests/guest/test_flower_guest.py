@@ -234,3 +234,21 @@ def test_tc_batch_installs_the_same_filters(
     with inside(pair.ns_b), FlowerInstaller(pair.dev_b, "ingress") as inst:
         assert plain([i.filter for i in inst.dump()]) == plain(program.filters)
         inst.flush()
+
+
+def test_replace_changes_a_filter_in_place(pair: Pair) -> None:
+    (policy,) = policies(EXAMPLE_PATHS[0])
+    program = flower.lower(policy)
+    target = next(f for f in program.filters if f.action.kind == "drop")
+    changed = dataclasses.replace(target, action=dataclasses.replace(target.action, kind="pass"))
+    with inside(pair.ns_b), FlowerInstaller(pair.dev_b, "ingress") as inst:
+        inst.install(program.filters)
+        inst.add([changed], replace=True)
+        after = {(i.filter.prio, i.filter.handle): i.filter for i in inst.dump()}
+        assert after[(target.prio, target.handle)].action.kind == "pass"
+        assert len(after) == len(program.filters)
+        inst.delete([changed])
+        assert (target.prio, target.handle) not in {
+            (i.filter.prio, i.filter.handle) for i in inst.dump()
+        }
+        inst.flush()
