@@ -83,6 +83,19 @@ class PortRange:
 
 PortKey = Masked | PortRange
 
+# FlowerMatch keys flower compares exactly, and those that are value/mask or ranges.
+EXACT_KEYS = ("vlan_id", "vlan_ethtype", "ip_proto")
+MASKED_KEYS = (
+    "ip_tos",
+    "src_ip",
+    "dst_ip",
+    "src_port",
+    "dst_port",
+    "tcp_flags",
+    "icmp_type",
+    "icmp_code",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class FlowerMatch:
@@ -129,20 +142,9 @@ class FlowerMatch:
 
     def key_items(self) -> list[tuple[str, object]]:
         """``(key name, key)`` for every matched key, in a fixed order."""
-        names = (
-            "vlan_id",
-            "vlan_ethtype",
-            "ip_proto",
-            "ip_tos",
-            "src_ip",
-            "dst_ip",
-            "src_port",
-            "dst_port",
-            "tcp_flags",
-            "icmp_type",
-            "icmp_code",
-        )
-        return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+        return [
+            (n, getattr(self, n)) for n in EXACT_KEYS + MASKED_KEYS if getattr(self, n) is not None
+        ]
 
     def mask_signature(self) -> tuple[object, ...]:
         """What the device must allocate a mask (hash table, matcher) for: which keys,
@@ -360,20 +362,11 @@ def keys_disjoint(a: FlowerMatch, b: FlowerMatch) -> bool:
     """True when no frame can match both (some key both match on cannot agree)."""
     if a.protocol != b.protocol and ETH_P_ALL not in (a.protocol, b.protocol):
         return True
-    for name in ("vlan_id", "vlan_ethtype", "ip_proto"):
+    for name in EXACT_KEYS:
         x, y = getattr(a, name), getattr(b, name)
         if x is not None and y is not None and x != y:
             return True
-    for name in (
-        "ip_tos",
-        "src_ip",
-        "dst_ip",
-        "src_port",
-        "dst_port",
-        "tcp_flags",
-        "icmp_type",
-        "icmp_code",
-    ):
+    for name in MASKED_KEYS:
         x, y = getattr(a, name), getattr(b, name)
         if x is None or y is None:
             continue

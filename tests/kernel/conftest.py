@@ -7,7 +7,6 @@ namespace's loopback device.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +19,9 @@ from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Policy
 from ir.packet import Packet
 from runtime.bpf_abi import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
 from runtime.bpf_loader import SlowPath
+from tests.netns import inside
+
+__all__ = ["inside"]
 
 
 def _have_bcc() -> bool:
@@ -40,18 +42,6 @@ RETVAL = {
     MIRROR: TC_ACT_OK,
     MARK: TC_ACT_OK,
 }
-
-
-@contextlib.contextmanager
-def inside(netns: str) -> Iterator[None]:
-    """Run the block with this thread in the named network namespace."""
-    from pyroute2.netns import popns, pushns
-
-    pushns(netns)
-    try:
-        yield
-    finally:
-        popns()
 
 
 @pytest.fixture(scope="session")

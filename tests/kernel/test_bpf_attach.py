@@ -10,12 +10,8 @@ own per-rule counters and ring-buffer events are read from user space.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -25,7 +21,7 @@ from ir.model import Policy
 from runtime import tc_attach
 from runtime.bpf_abi import Event
 from runtime.bpf_loader import BpfLoadError, SlowPath
-from tests.kernel.conftest import inside
+from tests.netns import Pair, inside, veth_pair
 
 pytestmark = pytest.mark.kernel
 
@@ -45,58 +41,10 @@ policy t ingress on {dev_b} {{
 """
 
 
-@dataclass
-class Pair:
-    ns_a: str
-    ns_b: str
-    dev_a: str
-    dev_b: str
-
-
 @pytest.fixture
 def pair() -> Iterator[Pair]:
-    tag = f"{os.getpid() % 10000}{int(time.time() * 1000) % 1000}"
-    p = Pair(f"fcA{tag}", f"fcB{tag}", f"fca{tag}", f"fcb{tag}")
-    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
-    run("ip", "netns", "add", p.ns_a)
-    run("ip", "netns", "add", p.ns_b)
-    try:
-        # No IPv6 on these links: its neighbour discovery and MLD chatter would be
-        # classified too and make the per-rule counts depend on timing.
-        for ns in (p.ns_a, p.ns_b):
-            for conf in ("all", "default"):
-                run(
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    "sysctl",
-                    "-qw",
-                    f"net.ipv6.conf.{conf}.disable_ipv6=1",
-                )
-        run(
-            "ip",
-            "link",
-            "add",
-            p.dev_a,
-            "netns",
-            p.ns_a,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            p.dev_b,
-            "netns",
-            p.ns_b,
-        )
-        for ns, dev, addr in ((p.ns_a, p.dev_a, A_ADDR), (p.ns_b, p.dev_b, B_ADDR)):
-            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            run("ip", "-n", ns, "link", "set", dev, "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
+    with veth_pair("fc", A_ADDR, B_ADDR) as p:
         yield p
-    finally:
-        subprocess.run(["ip", "netns", "del", p.ns_a], check=False)
-        subprocess.run(["ip", "netns", "del", p.ns_b], check=False)
 
 
 def compile_policy(pair: Pair, extra: str = "") -> Policy:
