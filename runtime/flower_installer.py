@@ -1,11 +1,12 @@
 """Install, replace, delete and dump flower filters on a clsact hook, in batches.
 
-Requests are encoded with :mod:`runtime.flower_netlink` (pyroute2's message
-classes) and sent many per ``sendmsg`` on one NETLINK_ROUTE socket with
-extended acks on, so a batch of N filters costs a few system calls instead
-of N round trips; every request asks for an ack, and each kernel error comes
-back with its extack text, matched to the filter (and its DSL line) by
-sequence number.
+Requests are encoded with :mod:`runtime.flower_wire` (precompiled layouts,
+byte-equal to pyroute2's message classes in :mod:`runtime.flower_netlink`,
+which stay selectable with ``codec="pyroute2"``) and sent many per
+``sendmsg`` on one NETLINK_ROUTE socket with extended acks on, so a batch
+of N filters costs a few system calls instead of N round trips; every
+request asks for an ack, and each kernel error comes back with its extack
+text, matched to the filter (and its DSL line) by sequence number.
 
 After an install, :meth:`FlowerInstaller.verify` dumps the hook and compares
 every filter with the request, and checks ``in_hw`` when hardware was asked
@@ -21,7 +22,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -40,6 +41,7 @@ from runtime.flower_netlink import (
     flower_tcmsg,
     hook_parent,
 )
+from runtime.flower_wire import delete_filter_request, new_filter_request
 
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -108,9 +110,14 @@ class FlowerInstaller:
     (mirred) resolve to ifindexes when the request is encoded.
     """
 
-    def __init__(self, device: str, direction: str, *, batch: int = DEFAULT_BATCH) -> None:
+    def __init__(
+        self, device: str, direction: str, *, batch: int = DEFAULT_BATCH, codec: str = "wire"
+    ) -> None:
         if direction not in ("ingress", "egress"):
             raise ValueError(f"direction must be ingress or egress, not {direction!r}")
+        if codec not in ("wire", "pyroute2"):
+            raise ValueError(f"codec must be wire or pyroute2, not {codec!r}")
+        self.codec = codec
         try:
             self.ifindex = socket.if_nametoindex(device)
         except OSError:
@@ -160,13 +167,12 @@ class FlowerInstaller:
         flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
         flags |= NLM_F_REPLACE if replace else NLM_F_EXCL
         failures: list[FilterFailure] = []
-        name_of_index: Callable[[str], int] = socket.if_nametoindex
         for start in range(0, len(filters), self.batch):
             chunk = filters[start : start + self.batch]
-            messages: list[flower_tcmsg | None] = []
+            messages: list[bytes | None] = []
             for f in chunk:
                 try:
-                    messages.append(encode_filter(f, self.ifindex, self.direction, name_of_index))
+                    messages.append(self._new_request(f, flags))
                 except OSError:
                     failures.append(
                         FilterFailure(
@@ -177,19 +183,39 @@ class FlowerInstaller:
                 except FlowerCodecError as err:
                     failures.append(FilterFailure(f, errno.EINVAL, str(err)))
                     messages.append(None)
-            failures += self._transact(chunk, messages, RTM_NEWTFILTER, flags)
+            failures += self._transact(chunk, messages)
         if failures:
             raise FlowerInstallError(failures)
+
+    def _next_seq(self) -> int:
+        seq = self.seq
+        self.seq += 1
+        return seq
+
+    def _new_request(self, f: FlowerFilter, flags: int) -> bytes:
+        if self.codec == "wire":
+            return new_filter_request(
+                f, self.ifindex, self.direction, flags=flags, seq=self._next_seq()
+            )
+        msg = encode_filter(f, self.ifindex, self.direction, socket.if_nametoindex)
+        return _encoded(msg, RTM_NEWTFILTER, flags, self._next_seq())
+
+    def _delete_request(self, f: FlowerFilter, flags: int) -> bytes:
+        if self.codec == "wire":
+            return delete_filter_request(
+                f, self.ifindex, self.direction, flags=flags, seq=self._next_seq()
+            )
+        msg = delete_message(f, self.ifindex, self.direction)
+        return _encoded(msg, RTM_DELTFILTER, flags, self._next_seq())
 
     def delete(self, filters: Sequence[FlowerFilter], *, missing_ok: bool = True) -> None:
         """Delete ``filters`` (by chain, priority, protocol and handle)."""
         failures: list[FilterFailure] = []
         for start in range(0, len(filters), self.batch):
             chunk = filters[start : start + self.batch]
-            messages = [delete_message(f, self.ifindex, self.direction) for f in chunk]
-            for failure in self._transact(
-                chunk, messages, RTM_DELTFILTER, NLM_F_REQUEST | NLM_F_ACK
-            ):
+            flags = NLM_F_REQUEST | NLM_F_ACK
+            messages: list[bytes | None] = [self._delete_request(f, flags) for f in chunk]
+            for failure in self._transact(chunk, messages):
                 if missing_ok and failure.errno in (errno.ENOENT, errno.EINVAL):
                     continue
                 failures.append(failure)
@@ -197,30 +223,17 @@ class FlowerInstaller:
             raise FlowerInstallError(failures)
 
     def _transact(
-        self,
-        filters: Sequence[FlowerFilter],
-        messages: Sequence[flower_tcmsg | None],
-        msg_type: int,
-        flags: int,
+        self, filters: Sequence[FlowerFilter], messages: Sequence[bytes | None]
     ) -> list[FilterFailure]:
-        """Send the messages in one buffer and collect one ack per message."""
-        buf = bytearray()
+        """Send the encoded requests in one buffer and collect one ack per request."""
         by_seq: dict[int, FlowerFilter] = {}
         for f, msg in zip(filters, messages, strict=True):
-            if msg is None:
-                continue
-            seq = self.seq
-            self.seq += 1
-            msg["header"]["type"] = msg_type
-            msg["header"]["flags"] = flags
-            msg["header"]["sequence_number"] = seq
-            msg["header"]["pid"] = 0
-            msg.encode()
-            buf += msg.data
-            by_seq[seq] = f
+            if msg is not None:
+                (seq,) = struct.unpack_from("=I", msg, 8)
+                by_seq[seq] = f
         if not by_seq:
             return []
-        self.sock.sendall(bytes(buf))
+        self.sock.sendall(b"".join(m for m in messages if m is not None))
         failures = []
         pending = set(by_seq)
         while pending:
@@ -315,6 +328,16 @@ class FlowerInstaller:
         victims = [i.filter for i in self.dump() if i.filter.cookie is not None or not only_flowc]
         self.delete(victims)
         return len(victims)
+
+
+def _encoded(msg: flower_tcmsg, msg_type: int, flags: int, seq: int) -> bytes:
+    """A pyroute2 message with its netlink header filled in, as bytes."""
+    msg["header"]["type"] = msg_type
+    msg["header"]["flags"] = flags
+    msg["header"]["sequence_number"] = seq
+    msg["header"]["pid"] = 0
+    msg.encode()
+    return bytes(msg.data)
 
 
 def _no_filter() -> FlowerFilter:

@@ -26,14 +26,17 @@ from backends.flower_rules import (
 )
 from backends.nic_profile import load_profile
 from runtime.flower_netlink import (
+    RTM_DELTFILTER,
     RTM_NEWTFILTER,
     TCA_CLS_FLAGS_IN_HW,
     FlowerCodecError,
     InstalledFilter,
     decode_filter,
+    delete_message,
     encode_filter,
     flower_tcmsg,
 )
+from runtime.flower_wire import delete_filter_request, new_filter_request
 from tests.test_flower import EXAMPLE_PATHS, example_policies
 
 DEVICES: dict[str, int] = {}
@@ -204,3 +207,39 @@ def test_foreign_keys_are_refused() -> None:
 
     with pytest.raises(FlowerCodecError, match="ENC_KEY_ID"):
         round_trip(f, add_mpls)
+
+
+def pyroute2_bytes(f: FlowerFilter, seq: int, flags: int) -> bytes:
+    msg = encode_filter(f, 3, "ingress", ifindex_of)
+    msg["header"]["type"] = RTM_NEWTFILTER
+    msg["header"]["flags"] = flags
+    msg["header"]["sequence_number"] = seq
+    msg["header"]["pid"] = 0
+    msg.encode()
+    return bytes(msg.data)
+
+
+@given(filters(), st.integers(1, 2**32 - 1))
+def test_wire_encoder_writes_pyroute2s_bytes(f: FlowerFilter, seq: int) -> None:
+    flags = 0x605
+    fast = new_filter_request(f, 3, "ingress", flags=flags, seq=seq, ifindex_of=ifindex_of)
+    assert fast == pyroute2_bytes(f, seq, flags)
+
+
+@pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
+def test_wire_encoder_on_examples(path: Path) -> None:
+    for policy in example_policies(path):
+        for seq, f in enumerate(flower.lower(policy, load_profile("mlx5-connectx6dx")).filters):
+            fast = new_filter_request(f, 3, "ingress", flags=0x405, seq=seq, ifindex_of=ifindex_of)
+            assert fast == pyroute2_bytes(f, seq, 0x405)
+
+
+@given(filters())
+def test_wire_delete_request_writes_pyroute2s_bytes(f: FlowerFilter) -> None:
+    msg = delete_message(f, 3, "egress")
+    msg["header"]["type"] = RTM_DELTFILTER
+    msg["header"]["flags"] = 5
+    msg["header"]["sequence_number"] = 7
+    msg["header"]["pid"] = 0
+    msg.encode()
+    assert delete_filter_request(f, 3, "egress", flags=5, seq=7) == bytes(msg.data)

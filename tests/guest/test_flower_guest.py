@@ -252,3 +252,20 @@ def test_replace_changes_a_filter_in_place(pair: Pair) -> None:
             (i.filter.prio, i.filter.handle) for i in inst.dump()
         }
         inst.flush()
+
+
+def test_pyroute2_message_classes_install_the_same_filters(pair: Pair) -> None:
+    """The pyroute2-class encoder (the wire encoder's oracle) is a working
+    installer path in the kernel too, not only in byte comparisons."""
+    for path in EXAMPLE_PATHS:
+        for policy in policies(path):
+            for dev in target_devices(policy):
+                pair.add_device(dev)
+            program = flower.lower(policy)
+            with (
+                inside(pair.ns_b),
+                FlowerInstaller(pair.dev_b, policy.hook.direction, codec="pyroute2") as inst,
+            ):
+                inst.install(program.filters)
+                assert inst.verify(program.filters) == []
+                inst.flush()

@@ -1,0 +1,272 @@
+"""Flower requests straight to netlink bytes, for bulk installs.
+
+:func:`runtime.flower_netlink.encode_filter` builds pyroute2 message objects
+and lets pyroute2's generic encoder walk them: about 265 µs per filter on
+this machine's host, 25 times that in the emulated guest, which made a
+batched install 25 times slower than ``tc -batch`` although the kernel side
+was the same. This module writes the same bytes with precompiled
+``struct`` layouts (a few µs per filter). The attribute numbers come from
+the pyroute2 classes in :mod:`runtime.flower_netlink`, so the two encoders
+cannot drift apart silently, and the tests hold them to byte equality.
+
+Entry points: :func:`new_filter_request` and :func:`delete_filter_request`,
+each one complete netlink message.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Callable
+
+from backends.flower_rules import (
+    ETH_P_ALL,
+    PASS,
+    TRAP,
+    Cookie,
+    FlowerAction,
+    FlowerFilter,
+    FlowerMatch,
+    Masked,
+    PortRange,
+)
+from ir.fields import FAMILY_IPV4, PROTO_SCTP, PROTO_TCP, PROTO_UDP
+from ir.model import DROP, MIRROR, REDIRECT
+from runtime.flower_netlink import (
+    RTM_DELTFILTER,
+    RTM_NEWTFILTER,
+    TC_ACT_GOTO_CHAIN,
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    TC_ACT_STOLEN,
+    TCA_CLS_FLAGS_SKIP_HW,
+    TCA_CLS_FLAGS_SKIP_SW,
+    TCA_EGRESS_MIRROR,
+    TCA_EGRESS_REDIR,
+    FlowerCodecError,
+    flower_options,
+    flower_tcmsg,
+    gact_options,
+    hook_parent,
+    mirred_options,
+    skbedit_options,
+    tca_act_prio,
+)
+
+NLA_F_NESTED = 0x8000
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_TCMSG = struct.Struct("=BBHiIII")
+_NLA = struct.Struct("=HH")
+_BE16 = struct.Struct(">H")
+_U16 = struct.Struct("=H")
+_U32 = struct.Struct("=I")
+_TC_GEN = struct.Struct("=IIiii")
+_TC_MIRRED = struct.Struct("=IIiiiiI")
+
+
+def _numbers(nla_map: tuple[tuple[str, str], ...]) -> dict[str, int]:
+    return {name: number for number, (name, _kind) in enumerate(nla_map)}
+
+
+_TCA = _numbers(flower_tcmsg.nla_map)
+_FLOWER = _numbers(flower_options.nla_map)
+_ACT = _numbers(tca_act_prio.tca_act.nla_map)
+_GACT = _numbers(gact_options.nla_map)
+_MIRRED = _numbers(mirred_options.nla_map)
+_SKBEDIT = _numbers(skbedit_options.nla_map)
+
+
+def _attr(number: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return _NLA.pack(length, number) + payload + b"\0" * (-length & 3)
+
+
+def _nested(number: int, *members: bytes) -> bytes:
+    return _attr(number | NLA_F_NESTED, b"".join(members))
+
+
+def _asciiz(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+# Attributes every request repeats, built once.
+_KIND_FLOWER = _attr(_TCA["TCA_KIND"], _asciiz("flower"))
+_ACT_KIND = {
+    kind: _attr(_ACT["TCA_ACT_KIND"], _asciiz(kind)) for kind in ("gact", "mirred", "skbedit")
+}
+_FILTER_FLAGS = {
+    flags: _attr(_FLOWER["TCA_FLOWER_FLAGS"], _U32.pack(bits))
+    for flags, bits in (
+        ("skip_hw", TCA_CLS_FLAGS_SKIP_HW),
+        ("skip_sw", TCA_CLS_FLAGS_SKIP_SW),
+        ("none", 0),
+    )
+}
+
+_PORT_NAMES = {
+    PROTO_TCP: ("TCA_FLOWER_KEY_TCP_SRC", "TCA_FLOWER_KEY_TCP_DST"),
+    PROTO_UDP: ("TCA_FLOWER_KEY_UDP_SRC", "TCA_FLOWER_KEY_UDP_DST"),
+    PROTO_SCTP: ("TCA_FLOWER_KEY_SCTP_SRC", "TCA_FLOWER_KEY_SCTP_DST"),
+}
+_PORT_NUMBERS = {
+    proto: tuple((_FLOWER[name], _FLOWER[f"{name}_MASK"]) for name in names)
+    for proto, names in _PORT_NAMES.items()
+}
+_ADDRESS_NUMBERS = {
+    family: tuple(
+        (
+            _FLOWER[f"TCA_FLOWER_KEY_{version}_{side}"],
+            _FLOWER[f"TCA_FLOWER_KEY_{version}_{side}_MASK"],
+        )
+        for side in ("SRC", "DST")
+    )
+    for family, version in ((FAMILY_IPV4, "IPV4"), (6, "IPV6"))
+}
+_RANGE_NUMBERS = tuple(
+    (_FLOWER[f"TCA_FLOWER_KEY_PORT_{side}_MIN"], _FLOWER[f"TCA_FLOWER_KEY_PORT_{side}_MAX"])
+    for side in ("SRC", "DST")
+)
+_ICMP_NUMBERS = {
+    family: tuple(
+        (
+            _FLOWER[f"TCA_FLOWER_KEY_{version}_{what}"],
+            _FLOWER[f"TCA_FLOWER_KEY_{version}_{what}_MASK"],
+        )
+        for what in ("TYPE", "CODE")
+    )
+    for family, version in ((FAMILY_IPV4, "ICMPV4"), (6, "ICMPV6"))
+}
+
+
+def _u8_pair(numbers: tuple[int, int], key: Masked) -> bytes:
+    return _attr(numbers[0], bytes((key.value,))) + _attr(numbers[1], bytes((key.mask,)))
+
+
+def _key_attrs(m: FlowerMatch) -> bytes:
+    """The key attributes, in the order runtime.flower_netlink writes them."""
+    out = []
+    if m.protocol != ETH_P_ALL:
+        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_ETH_TYPE"], _BE16.pack(m.protocol)))
+    if m.vlan_id is not None:
+        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_VLAN_ID"], _U16.pack(m.vlan_id)))
+    if m.vlan_ethtype is not None:
+        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_VLAN_ETH_TYPE"], _BE16.pack(m.vlan_ethtype)))
+    if m.ip_proto is not None:
+        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_IP_PROTO"], bytes((m.ip_proto,))))
+    if m.ip_tos is not None:
+        out.append(
+            _u8_pair(
+                (_FLOWER["TCA_FLOWER_KEY_IP_TOS"], _FLOWER["TCA_FLOWER_KEY_IP_TOS_MASK"]), m.ip_tos
+            )
+        )
+    family = m.family
+    for side, key in enumerate((m.src_ip, m.dst_ip)):
+        if key is None:
+            continue
+        if family is None:
+            raise FlowerCodecError("an address key needs an IP ethertype")
+        size = 4 if family == FAMILY_IPV4 else 16
+        value_number, mask_number = _ADDRESS_NUMBERS[family][side]
+        out.append(_attr(value_number, key.value.to_bytes(size, "big")))
+        out.append(_attr(mask_number, key.mask.to_bytes(size, "big")))
+    for side, port in enumerate((m.src_port, m.dst_port)):
+        if port is None:
+            continue
+        if isinstance(port, PortRange):
+            low_number, high_number = _RANGE_NUMBERS[side]
+            out.append(_attr(low_number, _BE16.pack(port.lo)))
+            out.append(_attr(high_number, _BE16.pack(port.hi)))
+            continue
+        if m.ip_proto not in _PORT_NUMBERS:
+            raise FlowerCodecError("a port key needs ip_proto tcp, udp or sctp")
+        value_number, mask_number = _PORT_NUMBERS[m.ip_proto][side]
+        out.append(_attr(value_number, _BE16.pack(port.value)))
+        out.append(_attr(mask_number, _BE16.pack(port.mask)))
+    if m.tcp_flags is not None:
+        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_TCP_FLAGS"], _BE16.pack(m.tcp_flags.value)))
+        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_TCP_FLAGS_MASK"], _BE16.pack(m.tcp_flags.mask)))
+    for which, key in enumerate((m.icmp_type, m.icmp_code)):
+        if key is None:
+            continue
+        out.append(_u8_pair(_ICMP_NUMBERS[FAMILY_IPV4 if family == FAMILY_IPV4 else 6][which], key))
+    return b"".join(out)
+
+
+def _action_attr(a: FlowerAction, cookie: Cookie | None, ifindex_of: Callable[[str], int]) -> bytes:
+    if a.kind in (PASS, DROP, TRAP):
+        if a.kind == TRAP:
+            assert a.chain is not None
+            control = TC_ACT_GOTO_CHAIN | a.chain
+        else:
+            control = TC_ACT_OK if a.kind == PASS else TC_ACT_SHOT
+        kind = "gact"
+        options = _attr(_GACT["TCA_GACT_PARMS"], _TC_GEN.pack(0, 0, control, 0, 0))
+    elif a.kind in (REDIRECT, MIRROR):
+        assert a.device is not None
+        redirect = a.kind == REDIRECT
+        kind = "mirred"
+        parms = _TC_MIRRED.pack(
+            0,
+            0,
+            TC_ACT_STOLEN if redirect else TC_ACT_OK,
+            0,
+            0,
+            TCA_EGRESS_REDIR if redirect else TCA_EGRESS_MIRROR,
+            ifindex_of(a.device),
+        )
+        options = _attr(_MIRRED["TCA_MIRRED_PARMS"], parms)
+    else:
+        kind = "skbedit"
+        options = _attr(_SKBEDIT["TCA_SKBEDIT_PARMS"], _TC_GEN.pack(0, 0, TC_ACT_OK, 0, 0)) + _attr(
+            _SKBEDIT["TCA_SKBEDIT_MARK"], _U32.pack(a.mark or 0)
+        )
+    members = [_ACT_KIND[kind], _nested(_ACT["TCA_ACT_OPTIONS"], options)]
+    if cookie is not None:
+        members.append(_attr(_ACT["TCA_ACT_COOKIE"], cookie.encode()))
+    first_action = _nested(tca_act_prio.nla_map.index(("TCA_ACT_PRIO_1", "tca_act")), *members)
+    return _nested(_FLOWER["TCA_FLOWER_ACT"], first_action)
+
+
+def _message(msg_type: int, flags: int, seq: int, tcmsg: bytes, attrs: bytes) -> bytes:
+    length = _NLMSGHDR.size + len(tcmsg) + len(attrs)
+    return _NLMSGHDR.pack(length, msg_type, flags, seq, 0) + tcmsg + attrs
+
+
+def _tcmsg(f: FlowerFilter, ifindex: int, direction: str) -> bytes:
+    info = (f.prio << 16) | socket.htons(f.match.protocol)
+    return _TCMSG.pack(socket.AF_UNSPEC, 0, 0, ifindex, f.handle, hook_parent(direction), info)
+
+
+def _chain_attr(f: FlowerFilter) -> bytes:
+    return _attr(_TCA["TCA_CHAIN"], _U32.pack(f.chain)) if f.chain else b""
+
+
+def new_filter_request(
+    f: FlowerFilter,
+    ifindex: int,
+    direction: str,
+    *,
+    flags: int,
+    seq: int,
+    ifindex_of: Callable[[str], int] = socket.if_nametoindex,
+) -> bytes:
+    """One RTM_NEWTFILTER message adding ``f`` to the clsact hook of ``ifindex``.
+
+    The bytes equal what :func:`runtime.flower_netlink.encode_filter` encodes
+    to; raises FlowerCodecError for a filter netlink cannot carry and OSError
+    when an action's device does not exist.
+    """
+    options = (
+        _key_attrs(f.match) + _FILTER_FLAGS[f.flags] + _action_attr(f.action, f.cookie, ifindex_of)
+    )
+    attrs = _KIND_FLOWER + _nested(_TCA["TCA_OPTIONS"], options) + _chain_attr(f)
+    return _message(RTM_NEWTFILTER, flags, seq, _tcmsg(f, ifindex, direction), attrs)
+
+
+def delete_filter_request(
+    f: FlowerFilter, ifindex: int, direction: str, *, flags: int, seq: int
+) -> bytes:
+    """One RTM_DELTFILTER message removing filter (chain, prio, protocol, handle)."""
+    attrs = _KIND_FLOWER + _chain_attr(f)
+    return _message(RTM_DELTFILTER, flags, seq, _tcmsg(f, ifindex, direction), attrs)
