@@ -15,9 +15,11 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ir.fields import FAMILY_IPV4, FAMILY_IPV6
+from ir.algebra import Cube, full_cube
+from ir.fields import FAMILY_IPV4, FAMILY_IPV6, HEADER_SPACE
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Action, Origin
 from ir.packet import Packet
+from ir.valueset import ValueSet
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -159,6 +161,65 @@ class FlowerMatch:
                 sig.append((name, "exact"))
         return tuple(sig)
 
+    def cube(self) -> Cube | None:
+        """The IR packets this filter matches, as one cube of the header space
+        (None when no IR packet can match: QinQ and 802.1ad frames, other
+        ethertypes). Exactly the packets :meth:`matches` accepts.
+
+        Raises FlowerMatchError for keys the IR cannot see (ECN bits of the
+        TOS byte; an address key without an IP ethertype; a mask too
+        fragmented to enumerate), so nothing is checked on a guess.
+        """
+        space = HEADER_SPACE
+        sets = {f.name: f.full for f in space.fields}
+        if self.protocol in VLAN_PROTOCOLS:
+            if self.protocol != ETH_P_8021Q or self.vlan_ethtype in VLAN_PROTOCOLS:
+                return None
+            sets["vlan_tagged"] = ValueSet.of_value(1, 1)
+            if self.vlan_id is not None:
+                sets["vlan_id"] = ValueSet.of_value(12, self.vlan_id)
+        elif self.vlan_id is not None or self.vlan_ethtype is not None:
+            return None
+        elif self.protocol == ETH_P_ALL and not self.key_items():
+            return full_cube(space)
+        else:
+            sets["vlan_tagged"] = ValueSet.of_value(1, 0)
+        eth = self.eth_type
+        family = self.family
+        if eth is not None:
+            if family is None:
+                return None
+            sets["family"] = ValueSet.of_value(8, family)
+        if self.ip_proto is not None:
+            sets["ip_proto"] = ValueSet.of_value(8, self.ip_proto)
+        if self.ip_tos is not None:
+            if self.ip_tos.mask & 0x3:
+                raise FlowerMatchError(
+                    f"ip_tos mask {self.ip_tos.mask:#04x} covers the ECN bits, "
+                    "which a policy cannot match on"
+                )
+            sets["dscp"] = ValueSet.of_ternary(6, self.ip_tos.value >> 2, self.ip_tos.mask >> 2)
+        for side, key in (("src", self.src_ip), ("dst", self.dst_ip)):
+            if key is None:
+                continue
+            if family is None:
+                raise FlowerMatchError(f"{side}_ip key without an IP protocol")
+            name, width = (f"ip4_{side}", 32) if family == FAMILY_IPV4 else (f"ip6_{side}", 128)
+            sets[name] = _ternary_set(name, width, key)
+        for name, port in (("sport", self.src_port), ("dport", self.dst_port)):
+            if isinstance(port, PortRange):
+                sets[name] = ValueSet.of_range(16, port.lo, port.hi)
+            elif port is not None:
+                sets[name] = _ternary_set(name, 16, port)
+        for name, key in (
+            ("tcp_flags", self.tcp_flags),
+            ("icmp_type", self.icmp_type),
+            ("icmp_code", self.icmp_code),
+        ):
+            if key is not None:
+                sets[name] = _ternary_set(name, 8, key)
+        return Cube(tuple(sets[f.name] for f in space.fields))
+
     def matches(self, packet: Packet) -> bool:
         """Flower's match of this filter against an IR packet (absent fields read 0,
         as the flow dissector leaves keys it does not parse zeroed)."""
@@ -193,6 +254,19 @@ class FlowerMatch:
             (self.icmp_code, p["icmp_code"]),
         )
         return all(key is None or key.contains(value) for key, value in checks)
+
+
+class FlowerMatchError(ValueError):
+    """A filter key outside what the IR can express (so no check may guess)."""
+
+
+def _ternary_set(name: str, width: int, key: Masked) -> ValueSet:
+    try:
+        return ValueSet.of_ternary(width, key.value, key.mask)
+    except ValueError:
+        raise FlowerMatchError(
+            f"{name} mask {key.mask:#x} is too fragmented to check exactly"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

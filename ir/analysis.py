@@ -74,6 +74,32 @@ class OverlapIndex:
 
         return locate
 
+    def candidates_of(self, c: Cube, start: int, stop: int) -> list[int]:
+        """Indexes in ``[start, stop)`` whose box meets the box of any cube ``c``."""
+        if stop <= start:
+            return []
+        below, above = [], []
+        for endpoints, values in zip(self.endpoints, c.sets, strict=True):
+            lo, hi = values.hull()
+            below.append(bisect_right(endpoints, hi) - 1)
+            above.append(bisect_left(endpoints, lo))
+        lo_ranks, hi_ranks = self.lo[start:stop], self.hi[start:stop]
+        hit = np.all((lo_ranks <= np.asarray(below)) & (hi_ranks >= np.asarray(above)), axis=1)
+        return [start + int(k) for k in np.flatnonzero(hit)]
+
+    def containers_of(self, c: Cube, start: int, stop: int) -> list[int]:
+        """Indexes in ``[start, stop)`` whose box holds the box of cube ``c``."""
+        if stop <= start:
+            return []
+        below, above = [], []
+        for endpoints, values in zip(self.endpoints, c.sets, strict=True):
+            lo, hi = values.hull()
+            below.append(bisect_right(endpoints, lo) - 1)
+            above.append(bisect_left(endpoints, hi))
+        lo_ranks, hi_ranks = self.lo[start:stop], self.hi[start:stop]
+        hit = np.all((lo_ranks <= np.asarray(below)) & (hi_ranks >= np.asarray(above)), axis=1)
+        return [start + int(k) for k in np.flatnonzero(hit)]
+
     def candidates(self, i: int, start: int, stop: int) -> list[int]:
         """Indexes in ``[start, stop)`` whose box meets cube ``i``'s box."""
         if stop <= start:

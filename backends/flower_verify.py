@@ -1,0 +1,275 @@
+"""Is a flower rule list the policy? A complete symbolic check, with counterexamples.
+
+The rule list is flowc's own lowering or any filters read from ``tc -j
+filter show`` JSON or a device dump. Chain 0 is what the hardware (or
+software flower) decides: filters are tried by priority, then handle.
+Packets that hit a trap, or no filter at all, go on to the slow path, which
+implements the whole policy (its agreement with the IR is the BPF check), so
+they count as agreeing here. Every other packet must get from its first
+matching filter exactly the policy's action.
+
+The question goes to :func:`ir.equivalence.compare` with each filter turned
+into the cube of IR packets it matches (:meth:`FlowerMatch.cube`). The
+answer is "equivalent" or a packet, with the IR rule (and DSL line) and the
+filter (priority, handle) that decided it on each side.
+
+Two filters of one priority that overlap with different actions are a
+finding of their own: the kernel then decides by mask creation order, which
+no rule list records, so such a list cannot be proven equivalent.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from backends.flower_rules import (
+    TRAP,
+    FlowerAction,
+    FlowerFilter,
+    FlowerMatchError,
+    Masked,
+    PortRange,
+    action_for,
+    ordered,
+)
+from backends.nic_profile import NicProfile
+from ir.algebra import Cube, intersect, is_feasible, witness
+from ir.analysis import OverlapIndex
+from ir.equivalence import ANY, Entry, check_refinement
+from ir.fields import HEADER_SPACE
+from ir.model import Policy, Rule
+from ir.packet import Packet
+
+
+class FlowerCheckError(ValueError):
+    """A rule list the check cannot read exactly (the message names the filter)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowerCounterexample:
+    """A packet the policy and the flower rules decide differently.
+
+    Attributes:
+        packet: the packet.
+        rule: the IR rule that decides it (its origin is the DSL line).
+        filter: the filter that decides it on the flower side.
+        reason: why the two differ, in words.
+    """
+
+    packet: Packet
+    rule: Rule
+    filter: FlowerFilter
+    reason: str
+
+    @property
+    def policy_verdict(self) -> str:
+        """The policy's action, as the DSL writes it."""
+        return str(self.rule.action)
+
+    @property
+    def flower_verdict(self) -> str:
+        """The filter's action, as tc writes it."""
+        return describe_action(self.filter.action)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowerCheck:
+    """The answer of :func:`check`.
+
+    Attributes:
+        counterexample: None when equivalent.
+        settled: False when the walk ran out of steps (answer unknown).
+        steps: regions the walk explained.
+        filters: chain-0 filters checked; ignored: filters on other chains.
+        unmatchable: chain-0 filters no IR packet can match (QinQ, other ethertypes).
+    """
+
+    counterexample: FlowerCounterexample | None
+    settled: bool
+    steps: int
+    filters: int
+    ignored: int
+    unmatchable: int
+
+    @property
+    def equivalent(self) -> bool:
+        """True when proven: every packet the flower rules decide gets the policy's action."""
+        return self.settled and self.counterexample is None
+
+
+def describe_action(action: FlowerAction) -> str:
+    """A flower action in tc's words."""
+    if action.kind == TRAP:
+        return f"goto chain {action.chain} (slow path)"
+    if action.device is not None:
+        return f"{action.kind} {action.device}"
+    if action.mark is not None:
+        return f"mark {action.mark:#x}"
+    return action.kind
+
+
+def _decision(action: FlowerAction) -> Hashable:
+    return ANY if action.kind == TRAP else action
+
+
+def _filter_cube(f: FlowerFilter) -> Cube | None:
+    try:
+        return f.match.cube()
+    except FlowerMatchError as err:
+        where = f" ({f.origin})" if f.origin else ""
+        raise FlowerCheckError(f"{f.label()}{where}: {err}") from None
+
+
+def check(
+    policy: Policy, filters: Sequence[FlowerFilter], *, step_limit: int = 200_000
+) -> FlowerCheck:
+    """Prove ``filters`` (chain 0 decides, traps go to the slow path) mean ``policy``,
+    or return a counterexample packet.
+
+    Raises FlowerCheckError for a filter whose keys the IR cannot express.
+    """
+    chain0 = ordered(filters)
+    ignored = len(filters) - len(chain0)
+    kept: list[FlowerFilter] = []
+    cubes: list[Cube] = []
+    for f in chain0:
+        c = _filter_cube(f)
+        if c is not None:
+            kept.append(f)
+            cubes.append(c)
+    counts = (len(chain0), ignored, len(chain0) - len(kept))
+    found = _same_priority_conflict(kept, cubes)
+    if found is not None:
+        point, a, b = found
+        reason = _order_reason(kept[a], kept[b])
+        return FlowerCheck(_counterexample(policy, point, kept[b], reason), True, 0, *counts)
+    left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
+    right = [Entry(c, _decision(f.action)) for f, c in zip(kept, cubes, strict=True)]
+    hints = [f.cookie.rule if f.cookie is not None else None for f in kept]
+    outcome = check_refinement(HEADER_SPACE, left, right, hints=hints, step_limit=step_limit)
+    counterexample = None
+    if outcome.divergences:
+        d = outcome.divergences[0]
+        assert d.right is not None, "no filter matched, so the slow path decides"
+        counterexample = _counterexample(policy, d.point, kept[d.right], "the actions differ")
+    return FlowerCheck(counterexample, outcome.settled, outcome.steps, *counts)
+
+
+def _counterexample(
+    policy: Policy, point: tuple[int, ...], f: FlowerFilter, reason: str
+) -> FlowerCounterexample:
+    packet = Packet(point)
+    rule = next(r for r in policy.rules if r.match.matches(point))
+    return FlowerCounterexample(packet, rule, f, reason)
+
+
+def _order_reason(a: FlowerFilter, b: FlowerFilter) -> str:
+    return (
+        f"filters {a.label()} and {b.label()} share priority {a.prio}, overlap, and "
+        f"act differently ({describe_action(a.action)} vs {describe_action(b.action)}): "
+        "the kernel picks by mask creation order"
+    )
+
+
+def _same_priority_conflict(
+    filters: Sequence[FlowerFilter], cubes: Sequence[Cube]
+) -> tuple[tuple[int, ...], int, int] | None:
+    """Two filters of one priority that some packet matches both of, acting differently."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, f in enumerate(filters):
+        groups[f.prio].append(i)
+    for members in groups.values():
+        if len({filters[i].action for i in members}) < 2:
+            continue
+        group_cubes = [cubes[i] for i in members]
+        index = OverlapIndex(HEADER_SPACE, group_cubes)
+        for a in range(len(members)):
+            for b in index.candidates(a, a + 1, len(members)):
+                fa, fb = filters[members[a]], filters[members[b]]
+                if fa.action == fb.action:
+                    continue
+                both = intersect(group_cubes[a], group_cubes[b])
+                if both is not None and is_feasible(HEADER_SPACE, both):
+                    point = witness(HEADER_SPACE, both)
+                    assert point is not None
+                    return point, members[a], members[b]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileViolation:
+    """A filter placed in hardware that the NIC profile says the device cannot hold."""
+
+    filter: FlowerFilter | None
+    problem: str
+
+    def __str__(self) -> str:
+        if self.filter is None:
+            return self.problem
+        where = f" ({self.filter.origin})" if self.filter.origin else ""
+        return f"{self.filter.label()}{where}: {self.problem}"
+
+
+_KEY_KIND = {
+    "vlan_id": "vlan_id",
+    "ip_proto": "ip_proto",
+    "ip_tos": "ip_tos",
+    "src_port": "ports",
+    "dst_port": "ports",
+    "tcp_flags": "tcp_flags",
+    "icmp_type": "icmp",
+    "icmp_code": "icmp",
+}
+
+
+def profile_problem(f: FlowerFilter, profile: NicProfile) -> str | None:
+    """Why the device ``profile`` describes cannot hold filter ``f`` (None: it can)."""
+    if not profile.allows_action(f.action.kind):
+        return f"action {f.action.kind} is not offloaded by {profile.name}"
+    m = f.match
+    for name, key in m.key_items():
+        if name in ("src_ip", "dst_ip"):
+            kind, width = ("ipv4", 32) if m.family == 4 else ("ipv6", 128)
+            assert isinstance(key, Masked)
+            if profile.address_masks == "prefix" and not _is_prefix_mask(key.mask, width):
+                return f"{name} mask {key.mask:#x} is not a prefix ({profile.name})"
+        else:
+            kind = _KEY_KIND.get(name, "")
+        if kind and not profile.allows_field(kind):
+            return f"key {name} is not matched by {profile.name}"
+        if isinstance(key, PortRange) and not profile.port_ranges:
+            return f"{name} is a port range; {profile.name} has no range matching"
+    return None
+
+
+def _is_prefix_mask(mask: int, width: int) -> bool:
+    low = ~mask & ((1 << width) - 1)
+    return low & (low + 1) == 0
+
+
+def profile_violations(
+    filters: Sequence[FlowerFilter], profile: NicProfile
+) -> list[ProfileViolation]:
+    """What in ``filters`` exceeds ``profile``: keys, masks or actions it lacks,
+    more filters or distinct masks than the device holds."""
+    out = [
+        ProfileViolation(f, problem)
+        for f in filters
+        if (problem := profile_problem(f, profile)) is not None
+    ]
+    if len(filters) > profile.max_rules:
+        out.append(
+            ProfileViolation(
+                None, f"{len(filters)} filters; {profile.name} holds {profile.max_rules}"
+            )
+        )
+    masks = {f.match.mask_signature() for f in filters}
+    if len(masks) > profile.max_masks:
+        out.append(
+            ProfileViolation(
+                None, f"{len(masks)} distinct masks; {profile.name} holds {profile.max_masks}"
+            )
+        )
+    return out
