@@ -491,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", default="eth0", help="device of the imported policy's hook")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=cmd_import)
+
+    from compiler.verify_cmd import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

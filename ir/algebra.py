@@ -273,4 +273,7 @@ def format_values(render: str, values: ValueSet) -> str:
         ternary = values.as_ternary()
         if ternary is not None:
             return f"{ternary[0]:#04x}/{ternary[1]:#04x}"
+        outside = (~values).as_ternary()
+        if outside is not None:
+            return f"!{outside[0]:#04x}/{outside[1]:#04x}"
     return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in values.intervals)

@@ -14,10 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from backends.bpf_c import lower
-from ir.interp import evaluate
-from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Policy
-from ir.packet import Packet
-from runtime.bpf_abi import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
+from ir.model import Policy
 from runtime.bpf_loader import SlowPath
 from tests.netns import inside
 
@@ -34,14 +31,6 @@ def _have_bcc() -> bool:
 
 if os.geteuid() != 0 or not _have_bcc():
     pytest.skip("kernel tier needs root and bcc (scripts/setup.sh)", allow_module_level=True)
-
-RETVAL = {
-    ALLOW: TC_ACT_OK,
-    DROP: TC_ACT_SHOT,
-    REDIRECT: TC_ACT_REDIRECT,
-    MIRROR: TC_ACT_OK,
-    MARK: TC_ACT_OK,
-}
 
 
 @pytest.fixture(scope="session")
@@ -81,16 +70,3 @@ def loaded() -> Iterator[Loaded]:
     cache = Loaded()
     yield cache
     cache.close()
-
-
-def expected(policy: Policy, packet: Packet) -> tuple[int, int, int]:
-    """(tc verdict, rule id, mark) the IR says the program must produce."""
-    verdict = evaluate(policy, packet)
-    mark = verdict.action.mark if verdict.action.kind == MARK else 0
-    return RETVAL[verdict.action.kind], verdict.rule.priority, mark or 0
-
-
-def on_the_wire(packet: Packet) -> bool:
-    """False for IPv6 packets whose 'transport' is an extension header number
-    (0, 43, 44, 60): no frame can carry them, the parser walks past those."""
-    return not (packet.get("family") == 6 and packet.get("ip_proto") in (0, 43, 44, 60))

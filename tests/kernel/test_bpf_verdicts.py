@@ -24,11 +24,12 @@ from ir.analysis import region_witnesses
 from ir.model import Policy
 from ir.packet import Packet
 from runtime.bpf_abi import TC_ACT_OK, TC_ACT_SHOT
+from runtime.bpf_verify import expected, on_the_wire
 from runtime.frames import MALFORMED, NOT_IP, frame, hop_by_hop, parse_frame
 from runtime.testrun import TestRunError
 from runtime.testrun import test_run as kernel_run
 from tests.conftest import CORPORA, EXAMPLES
-from tests.kernel.conftest import Loaded, expected, inside, on_the_wire
+from tests.kernel.conftest import Loaded, inside
 from tests.test_packet_syntax import packets
 
 pytestmark = pytest.mark.kernel

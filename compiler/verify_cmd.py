@@ -1,0 +1,306 @@
+"""``flowc verify`` and ``flowc diff``: the checks a CI job runs on a policy.
+
+Exit codes (verify): 0 every check that ran proved equivalence, 1 a
+counterexample, 2 usage or input error, 3 a check could not run (no root for
+the BPF part, a rule list the IR cannot express exactly). Diff exits 1 when
+any packet changes verdict, unless ``--allow-change``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ir.diff import diff_policies
+from ir.model import Match, Policy
+from ir.packet import format_packet
+
+EXIT_OK = 0
+EXIT_COUNTEREXAMPLE = 1
+EXIT_USAGE = 2
+EXIT_CANNOT_RUN = 3
+
+
+def _flower_filters(args: argparse.Namespace, policy: Policy) -> tuple[Any, str]:
+    """The rule list to check: a tc JSON file, or flowc's own lowering."""
+    from backends import flower
+    from backends.flower_text import FlowerTextError, parse_tc_json
+
+    if args.flower:
+        try:
+            text = Path(args.flower).read_text()
+        except OSError as err:
+            raise _InputError(f"{args.flower}: {err.strerror}") from None
+        try:
+            return parse_tc_json(json.loads(text)), f"{args.flower}"
+        except json.JSONDecodeError as err:
+            raise _InputError(f"{args.flower}:{err.lineno}:{err.colno}: {err.msg}") from None
+        except FlowerTextError as err:
+            raise _InputError(f"{args.flower}: {err}") from None
+    from compiler.cli import profile_from_args
+
+    profile = profile_from_args(args)
+    program = flower.lower(policy, profile)
+    counts = program.counts()
+    where = (
+        f"flowc's lowering for {profile.name} ({counts['hardware']} rules in hardware, "
+        f"{counts['trapped']} trapped, {counts['slow']} slow path)"
+    )
+    return program, where
+
+
+class _InputError(Exception):
+    pass
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``flowc verify``."""
+    from backends.flower_verify import FlowerCheckError, check, profile_violations
+    from compiler.cli import _compile_or_report, _select_policy
+
+    result, status = _compile_or_report(args.policy)
+    if status or result.program is None:
+        return EXIT_USAGE
+    policy = _select_policy(result.program, args.hook)
+    report: dict[str, Any] = {"policy": policy.name, "checks": []}
+    lines: list[str] = []
+    worst = EXIT_OK
+    try:
+        lowered, where = _flower_filters(args, policy)
+    except _InputError as err:
+        print(f"flowc: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    filters = lowered if isinstance(lowered, list) else list(lowered.filters)
+    start = time.perf_counter()
+    try:
+        flower_result = check(policy, filters)
+    except FlowerCheckError as err:
+        lines.append(f"flower: could not check: {err}")
+        report["checks"].append({"check": "flower", "ran": False, "reason": str(err)})
+        worst = EXIT_CANNOT_RUN
+        flower_result = None
+    if flower_result is not None:
+        elapsed = time.perf_counter() - start
+        entry: dict[str, Any] = {
+            "check": "flower",
+            "ran": True,
+            "rules": where,
+            "filters": flower_result.filters,
+            "equivalent": flower_result.equivalent,
+            "seconds": round(elapsed, 3),
+        }
+        if flower_result.counterexample is not None:
+            ce = flower_result.counterexample
+            entry["counterexample"] = {
+                "packet": format_packet(ce.packet),
+                "policy": ce.policy_verdict,
+                "flower": ce.flower_verdict,
+                "rule": {
+                    "file": ce.rule.origin.file,
+                    "line": ce.rule.origin.line,
+                    "text": ce.rule.origin.text,
+                },
+                "filter": {
+                    "chain": ce.filter.chain,
+                    "prio": ce.filter.prio,
+                    "handle": ce.filter.handle,
+                },
+                "reason": ce.reason,
+            }
+            lines += [
+                f"flower: NOT EQUIVALENT ({where})",
+                f"  packet:  {format_packet(ce.packet)}",
+                f"  policy:  {ce.policy_verdict}   [{ce.rule.origin}: {ce.rule.origin.text}]",
+                f"  flower:  {ce.flower_verdict}   [{ce.filter.label()}]",
+                f"  why:     {ce.reason}",
+            ]
+            worst = max(worst, EXIT_COUNTEREXAMPLE) if worst != EXIT_CANNOT_RUN else worst
+        elif not flower_result.settled:
+            lines.append(f"flower: gave up after {flower_result.steps} regions ({where})")
+            worst = EXIT_CANNOT_RUN
+        else:
+            lines.append(
+                f"flower: equivalent ({where}; {flower_result.filters} filters, {elapsed:.2f} s)"
+            )
+        report["checks"].append(entry)
+    if not args.flower:
+        violations = profile_violations(filters, lowered.profile)
+        report["checks"].append(
+            {
+                "check": "partition",
+                "ran": True,
+                "violations": [str(v) for v in violations],
+                "equivalent": flower_result is not None
+                and flower_result.equivalent
+                and not violations,
+            }
+        )
+        if violations:
+            lines.append(f"partition: {len(violations)} filters exceed {args.profile}:")
+            lines += [f"  {v}" for v in violations[:10]]
+            worst = max(worst, EXIT_COUNTEREXAMPLE)
+        else:
+            lines.append(
+                f"partition: sound (hardware rules, then the slow path for trapped "
+                f"packets, equals the policy; every filter fits {args.profile})"
+            )
+    if args.bpf:
+        worst = _verify_bpf(args, policy, report, lines, worst)
+    equivalent = worst == EXIT_OK
+    report["equivalent"] = equivalent
+    for check_entry in report["checks"]:
+        if "counterexample" in check_entry and "counterexample" not in report:
+            report["counterexample"] = check_entry["counterexample"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(lines))
+        print(f"verify {policy.name}: " + ("OK" if equivalent else _status_word(worst)))
+    return worst
+
+
+def _status_word(code: int) -> str:
+    return {EXIT_COUNTEREXAMPLE: "COUNTEREXAMPLE FOUND", EXIT_CANNOT_RUN: "INCOMPLETE"}.get(
+        code, "FAILED"
+    )
+
+
+def _verify_bpf(
+    args: argparse.Namespace, policy: Policy, report: dict[str, Any], lines: list[str], worst: int
+) -> int:
+    from runtime.bpf_loader import BpfLoadError
+    from runtime.bpf_verify import BpfCheckUnavailable, check_bpf
+
+    try:
+        result = check_bpf(policy, strategy=args.strategy, random_count=args.random)
+    except BpfCheckUnavailable as err:
+        lines.append(f"bpf: could not run: {err}")
+        report["checks"].append({"check": "bpf", "ran": False, "reason": str(err)})
+        return EXIT_CANNOT_RUN if worst == EXIT_OK else worst
+    except BpfLoadError as err:
+        lines.append(f"bpf: the program did not load: {err}")
+        report["checks"].append(
+            {"check": "bpf", "ran": True, "equivalent": False, "reason": str(err)}
+        )
+        return EXIT_COUNTEREXAMPLE
+    entry: dict[str, Any] = {
+        "check": "bpf",
+        "ran": True,
+        "packets": result.packets,
+        "equivalent": result.equivalent,
+    }
+    if result.counterexample is not None:
+        ce = result.counterexample
+        entry["counterexample"] = {
+            "packet": format_packet(ce.packet),
+            "policy": str(ce.rule.action),
+            "bpf": ce.bpf_verdict,
+            "rule": {
+                "file": ce.rule.origin.file,
+                "line": ce.rule.origin.line,
+                "text": ce.rule.origin.text,
+            },
+        }
+        lines += [
+            "bpf: NOT EQUIVALENT",
+            f"  packet:  {format_packet(ce.packet)}",
+            f"  policy:  {ce.rule.action}   [{ce.rule.origin}: {ce.rule.origin.text}]",
+            f"  bpf:     {ce.bpf_verdict}",
+        ]
+        worst = EXIT_COUNTEREXAMPLE if worst != EXIT_CANNOT_RUN else worst
+    else:
+        lines.append(
+            f"bpf: agrees on {result.packets} packets (every region's witness, the bounds "
+            "of every prefix and range, random packets)"
+        )
+    report["checks"].append(entry)
+    return worst
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """``flowc diff``."""
+    from compiler.cli import _compile_or_report, _select_policy
+
+    policies = []
+    for path in (args.old, args.new):
+        result, status = _compile_or_report(path)
+        if status or result.program is None:
+            return EXIT_USAGE
+        policies.append(_select_policy(result.program, args.hook))
+    old, new = policies
+    d = diff_policies(old, new)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "changed": not d.empty,
+                    "settled": d.settled,
+                    "changes": [
+                        {
+                            "match": str(Match.from_cube(c.region)),
+                            "example": format_packet(c.example),
+                            "old": {
+                                "action": str(c.old.action),
+                                "file": c.old.origin.file,
+                                "line": c.old.origin.line,
+                            },
+                            "new": {
+                                "action": str(c.new.action),
+                                "file": c.new.origin.file,
+                                "line": c.new.origin.line,
+                            },
+                        }
+                        for c in d.changes
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        if d.empty:
+            print(f"diff {old.name}: no packet changes verdict")
+        for c in d.changes:
+            print(c.summary())
+            print(f"    e.g. {format_packet(c.example)}")
+            print(f"    old: {c.old.origin}: {c.old.origin.text or c.old.action}")
+            print(f"    new: {c.new.origin}: {c.new.origin.text or c.new.action}")
+        if not d.settled:
+            print("diff: gave up before the end; the list above may be partial")
+    if not d.settled:
+        return EXIT_CANNOT_RUN
+    return EXIT_OK if d.empty or args.allow_change else EXIT_COUNTEREXAMPLE
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``verify`` and ``diff`` on the CLI's subcommand parser."""
+    p = sub.add_parser(
+        "verify",
+        help="prove the lowerings mean the policy (exit 0 yes, 1 counterexample, 3 incomplete)",
+    )
+    p.add_argument("policy", metavar="POLICY")
+    p.add_argument("--hook", metavar="NAME", help="the policy to check (needed if several)")
+    p.add_argument("--flower", metavar="FILE", help="check this tc -j filter show JSON instead")
+    p.add_argument("--profile", default="software", help="NIC profile for flowc's own lowering")
+    p.add_argument("--profile-set", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--bpf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the BPF program in the kernel (root; default on)",
+    )
+    p.add_argument("--strategy", choices=["bitvec", "chain"], default="bitvec")
+    p.add_argument("--random", type=int, default=2000, help="random packets for the BPF check")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("diff", help="the packets whose verdict changes between two versions")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
+    p.add_argument("--hook", metavar="NAME", help="the policy to compare (needed if several)")
+    p.add_argument("--allow-change", action="store_true", help="exit 0 even when packets change")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
