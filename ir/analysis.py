@@ -76,26 +76,26 @@ class OverlapIndex:
 
     def candidates_of(self, c: Cube, start: int, stop: int) -> list[int]:
         """Indexes in ``[start, stop)`` whose box meets the box of any cube ``c``."""
-        if stop <= start:
-            return []
-        below, above = [], []
-        for endpoints, values in zip(self.endpoints, c.sets, strict=True):
-            lo, hi = values.hull()
-            below.append(bisect_right(endpoints, hi) - 1)
-            above.append(bisect_left(endpoints, lo))
-        lo_ranks, hi_ranks = self.lo[start:stop], self.hi[start:stop]
-        hit = np.all((lo_ranks <= np.asarray(below)) & (hi_ranks >= np.asarray(above)), axis=1)
-        return [start + int(k) for k in np.flatnonzero(hit)]
+        return self._box_query(c, start, stop, hold=False)
 
     def containers_of(self, c: Cube, start: int, stop: int) -> list[int]:
         """Indexes in ``[start, stop)`` whose box holds the box of cube ``c``."""
+        return self._box_query(c, start, stop, hold=True)
+
+    def _box_query(self, c: Cube, start: int, stop: int, *, hold: bool) -> list[int]:
+        """Boxes in ``[start, stop)`` that meet (or, with ``hold``, hold) ``c``'s box.
+
+        A box [lo, hi] meets [a, b] iff lo <= b and hi >= a, and holds it iff
+        lo <= a and hi >= b; values outside the endpoint list compare by rank
+        as in :meth:`locator`.
+        """
         if stop <= start:
             return []
         below, above = [], []
         for endpoints, values in zip(self.endpoints, c.sets, strict=True):
             lo, hi = values.hull()
-            below.append(bisect_right(endpoints, lo) - 1)
-            above.append(bisect_left(endpoints, hi))
+            below.append(bisect_right(endpoints, lo if hold else hi) - 1)
+            above.append(bisect_left(endpoints, hi if hold else lo))
         lo_ranks, hi_ranks = self.lo[start:stop], self.hi[start:stop]
         hit = np.all((lo_ranks <= np.asarray(below)) & (hi_ranks >= np.asarray(above)), axis=1)
         return [start + int(k) for k in np.flatnonzero(hit)]
