@@ -39,6 +39,7 @@ from ir.algebra import Cube, intersect, is_feasible, witness
 from ir.analysis import OverlapIndex
 from ir.equivalence import ANY, Entry, check_refinement
 from ir.fields import HEADER_SPACE
+from ir.interp import evaluate
 from ir.model import Policy, Rule
 from ir.packet import Packet
 
@@ -122,6 +123,25 @@ def _filter_cube(f: FlowerFilter) -> Cube | None:
         raise FlowerCheckError(f"{f.label()}{where}: {err}") from None
 
 
+def first_match_lists(
+    policy: Policy, filters: Sequence[FlowerFilter]
+) -> tuple[list[Entry], list[Entry], list[FlowerFilter]]:
+    """The policy and the chain-0 filters as first-match lists over IR packets
+    (traps decide ANY), and the filters kept: those some IR packet can match.
+
+    Raises FlowerCheckError for a filter whose keys the IR cannot express.
+    """
+    left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
+    right: list[Entry] = []
+    kept: list[FlowerFilter] = []
+    for f in ordered(filters):
+        c = _filter_cube(f)
+        if c is not None:
+            kept.append(f)
+            right.append(Entry(c, _decision(f.action)))
+    return left, right, kept
+
+
 def check(
     policy: Policy, filters: Sequence[FlowerFilter], *, step_limit: int = 200_000
 ) -> FlowerCheck:
@@ -130,23 +150,14 @@ def check(
 
     Raises FlowerCheckError for a filter whose keys the IR cannot express.
     """
-    chain0 = ordered(filters)
-    ignored = len(filters) - len(chain0)
-    kept: list[FlowerFilter] = []
-    cubes: list[Cube] = []
-    for f in chain0:
-        c = _filter_cube(f)
-        if c is not None:
-            kept.append(f)
-            cubes.append(c)
-    counts = (len(chain0), ignored, len(chain0) - len(kept))
-    found = _same_priority_conflict(kept, cubes)
+    left, right, kept = first_match_lists(policy, filters)
+    chain0 = sum(1 for f in filters if f.chain == 0)
+    counts = (chain0, len(filters) - chain0, chain0 - len(kept))
+    found = _same_priority_conflict(kept, [e.cube for e in right])
     if found is not None:
         point, a, b = found
         reason = _order_reason(kept[a], kept[b])
         return FlowerCheck(_counterexample(policy, point, kept[b], reason), True, 0, *counts)
-    left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
-    right = [Entry(c, _decision(f.action)) for f, c in zip(kept, cubes, strict=True)]
     hints = [f.cookie.rule if f.cookie is not None else None for f in kept]
     outcome = check_refinement(HEADER_SPACE, left, right, hints=hints, step_limit=step_limit)
     counterexample = None
@@ -161,8 +172,7 @@ def _counterexample(
     policy: Policy, point: tuple[int, ...], f: FlowerFilter, reason: str
 ) -> FlowerCounterexample:
     packet = Packet(point)
-    rule = next(r for r in policy.rules if r.match.matches(point))
-    return FlowerCounterexample(packet, rule, f, reason)
+    return FlowerCounterexample(packet, evaluate(policy, packet).rule, f, reason)
 
 
 def _order_reason(a: FlowerFilter, b: FlowerFilter) -> str:

@@ -29,14 +29,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _measure(job: str, family: str, size: int, profile: str, out: Any) -> None:
     """Runs in a child process: one measurement, result through the queue."""
     from backends import flower
-    from backends.flower_rules import action_for
-    from backends.flower_verify import check
+    from backends.flower_verify import check, first_match_lists
     from backends.nic_profile import load_profile
     from bench.flower_bench import bench_policy
     from bench.workloads import policy_text
     from compiler.frontend import compile_source
     from ir.diff import diff_policies
-    from ir.equivalence import ANY, Entry, compare
+    from ir.equivalence import ANY, compare
     from ir.fields import HEADER_SPACE
 
     row: dict[str, Any] = {}
@@ -58,12 +57,7 @@ def _measure(job: str, family: str, size: int, profile: str, out: Any) -> None:
             result = check(policy, program.filters)
             row["result"] = "equivalent" if result.equivalent else "NOT equivalent"
         else:
-            left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
-            right = [
-                Entry(c, ANY if f.action.kind == "trap" else f.action)
-                for f in program.filters
-                if (c := f.match.cube()) is not None
-            ]
+            left, right, _kept = first_match_lists(policy, program.filters)
             outcome = compare(HEADER_SPACE, left, right, right_default=ANY)
             row["result"] = (
                 f"{'equivalent' if outcome.equivalent else 'NOT'} ({outcome.steps} regions)"

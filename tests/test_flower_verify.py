@@ -34,11 +34,16 @@ from backends.flower_rules import (
     classify,
     ordered,
 )
-from backends.flower_verify import FlowerCheckError, check, profile_violations
+from backends.flower_verify import (
+    FlowerCheckError,
+    check,
+    first_match_lists,
+    profile_violations,
+)
 from backends.nic_profile import load_profile
 from ir.algebra import full_cube, subtract, witness
 from ir.analysis import region_witnesses
-from ir.equivalence import ANY, Entry, compare
+from ir.equivalence import ANY, compare
 from ir.fields import HEADER_SPACE
 from ir.interp import evaluate
 from ir.model import Action, Match, Policy
@@ -204,13 +209,7 @@ def _with(flt: list[FlowerFilter], i: int, f: FlowerFilter) -> list[FlowerFilter
 
 def reference_equivalent(policy: Policy, flt: list[FlowerFilter]) -> bool:
     """The plain region walk over the whole space (no refinement shortcuts)."""
-    chain0 = [f for f in ordered(flt) if f.match.cube() is not None]
-    left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
-    right = [
-        Entry(c, ANY if f.action.kind == "trap" else f.action)
-        for f in chain0
-        if (c := f.match.cube()) is not None
-    ]
+    left, right, _kept = first_match_lists(policy, flt)
     return compare(HEADER_SPACE, left, right, right_default=ANY).equivalent
 
 
