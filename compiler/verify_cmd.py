@@ -25,8 +25,9 @@ EXIT_USAGE = 2
 EXIT_CANNOT_RUN = 3
 
 
-def _flower_filters(args: argparse.Namespace, policy: Policy) -> tuple[Any, str]:
-    """The rule list to check: a tc JSON file, or flowc's own lowering."""
+def _flower_filters(args: argparse.Namespace, policy: Policy) -> tuple[list[Any], str, Any]:
+    """The rule list to check, what it is in words, and the NIC profile that
+    produced it: a tc JSON file (no profile), or flowc's own lowering."""
     from backends import flower
     from backends.flower_text import FlowerTextError, parse_tc_json
 
@@ -36,7 +37,7 @@ def _flower_filters(args: argparse.Namespace, policy: Policy) -> tuple[Any, str]
         except OSError as err:
             raise _InputError(f"{args.flower}: {err.strerror}") from None
         try:
-            return parse_tc_json(json.loads(text)), f"{args.flower}"
+            return parse_tc_json(json.loads(text)), f"{args.flower}", None
         except json.JSONDecodeError as err:
             raise _InputError(f"{args.flower}:{err.lineno}:{err.colno}: {err.msg}") from None
         except FlowerTextError as err:
@@ -50,7 +51,7 @@ def _flower_filters(args: argparse.Namespace, policy: Policy) -> tuple[Any, str]
         f"flowc's lowering for {profile.name} ({counts['hardware']} rules in hardware, "
         f"{counts['trapped']} trapped, {counts['slow']} slow path)"
     )
-    return program, where
+    return list(program.filters), where, profile
 
 
 class _InputError(Exception):
@@ -70,11 +71,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     lines: list[str] = []
     worst = EXIT_OK
     try:
-        lowered, where = _flower_filters(args, policy)
+        filters, where, profile = _flower_filters(args, policy)
     except _InputError as err:
         print(f"flowc: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    filters = lowered if isinstance(lowered, list) else list(lowered.filters)
     start = time.perf_counter()
     try:
         flower_result = check(policy, filters)
@@ -118,17 +118,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 f"  flower:  {ce.flower_verdict}   [{ce.filter.label()}]",
                 f"  why:     {ce.reason}",
             ]
-            worst = max(worst, EXIT_COUNTEREXAMPLE) if worst != EXIT_CANNOT_RUN else worst
+            worst = _first_failure(worst, EXIT_COUNTEREXAMPLE)
         elif not flower_result.settled:
             lines.append(f"flower: gave up after {flower_result.steps} regions ({where})")
-            worst = EXIT_CANNOT_RUN
+            worst = _first_failure(worst, EXIT_CANNOT_RUN)
         else:
             lines.append(
                 f"flower: equivalent ({where}; {flower_result.filters} filters, {elapsed:.2f} s)"
             )
         report["checks"].append(entry)
-    if not args.flower:
-        violations = profile_violations(filters, lowered.profile)
+    if profile is not None:
+        violations = profile_violations(filters, profile)
         report["checks"].append(
             {
                 "check": "partition",
@@ -142,7 +142,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if violations:
             lines.append(f"partition: {len(violations)} filters exceed {args.profile}:")
             lines += [f"  {v}" for v in violations[:10]]
-            worst = max(worst, EXIT_COUNTEREXAMPLE)
+            worst = _first_failure(worst, EXIT_COUNTEREXAMPLE)
         else:
             lines.append(
                 f"partition: sound (hardware rules, then the slow path for trapped "
@@ -163,6 +163,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return worst
 
 
+def _first_failure(worst: int, status: int) -> int:
+    """The exit status so far, after a check ended with ``status``: the first
+    check that failed (counterexample or could not run) decides."""
+    return status if worst == EXIT_OK else worst
+
+
 def _status_word(code: int) -> str:
     return {EXIT_COUNTEREXAMPLE: "COUNTEREXAMPLE FOUND", EXIT_CANNOT_RUN: "INCOMPLETE"}.get(
         code, "FAILED"
@@ -180,7 +186,7 @@ def _verify_bpf(
     except BpfCheckUnavailable as err:
         lines.append(f"bpf: could not run: {err}")
         report["checks"].append({"check": "bpf", "ran": False, "reason": str(err)})
-        return EXIT_CANNOT_RUN if worst == EXIT_OK else worst
+        return _first_failure(worst, EXIT_CANNOT_RUN)
     except BpfLoadError as err:
         lines.append(f"bpf: the program did not load: {err}")
         report["checks"].append(
@@ -211,7 +217,7 @@ def _verify_bpf(
             f"  policy:  {ce.rule.action}   [{ce.rule.origin}: {ce.rule.origin.text}]",
             f"  bpf:     {ce.bpf_verdict}",
         ]
-        worst = EXIT_COUNTEREXAMPLE if worst != EXIT_CANNOT_RUN else worst
+        worst = _first_failure(worst, EXIT_COUNTEREXAMPLE)
     else:
         lines.append(
             f"bpf: agrees on {result.packets} packets (every region's witness, the bounds "
