@@ -40,6 +40,7 @@ from runtime.flower_netlink import (
     encode_filter,
     flower_tcmsg,
     hook_parent,
+    message_bytes,
 )
 from runtime.flower_wire import delete_filter_request, new_filter_request
 
@@ -198,7 +199,7 @@ class FlowerInstaller:
                 f, self.ifindex, self.direction, flags=flags, seq=self._next_seq()
             )
         msg = encode_filter(f, self.ifindex, self.direction, socket.if_nametoindex)
-        return _encoded(msg, RTM_NEWTFILTER, flags, self._next_seq())
+        return message_bytes(msg, RTM_NEWTFILTER, flags, self._next_seq())
 
     def _delete_request(self, f: FlowerFilter, flags: int) -> bytes:
         if self.codec == "wire":
@@ -206,7 +207,7 @@ class FlowerInstaller:
                 f, self.ifindex, self.direction, flags=flags, seq=self._next_seq()
             )
         msg = delete_message(f, self.ifindex, self.direction)
-        return _encoded(msg, RTM_DELTFILTER, flags, self._next_seq())
+        return message_bytes(msg, RTM_DELTFILTER, flags, self._next_seq())
 
     def delete(self, filters: Sequence[FlowerFilter], *, missing_ok: bool = True) -> None:
         """Delete ``filters`` (by chain, priority, protocol and handle)."""
@@ -263,13 +264,8 @@ class FlowerInstaller:
         msg["index"] = self.ifindex
         msg["parent"] = hook_parent(self.direction)
         msg["attrs"] = [] if chain is None else [["TCA_CHAIN", chain]]
-        msg["header"]["type"] = RTM_GETTFILTER
-        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-        seq = self.seq
-        self.seq += 1
-        msg["header"]["sequence_number"] = seq
-        msg.encode()
-        self.sock.sendall(bytes(msg.data))
+        seq = self._next_seq()
+        self.sock.sendall(message_bytes(msg, RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, seq))
         out: list[InstalledFilter] = []
         done = False
         while not done:
@@ -328,16 +324,6 @@ class FlowerInstaller:
         victims = [i.filter for i in self.dump() if i.filter.cookie is not None or not only_flowc]
         self.delete(victims)
         return len(victims)
-
-
-def _encoded(msg: flower_tcmsg, msg_type: int, flags: int, seq: int) -> bytes:
-    """A pyroute2 message with its netlink header filled in, as bytes."""
-    msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = flags
-    msg["header"]["sequence_number"] = seq
-    msg["header"]["pid"] = 0
-    msg.encode()
-    return bytes(msg.data)
 
 
 def _no_filter() -> FlowerFilter:

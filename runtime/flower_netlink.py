@@ -339,7 +339,8 @@ tc_plugins["flower"] = sys.modules[__name__]
 
 
 # ------------------------------------------------------------------- encode
-_PORT_ATTRS = {
+PORT_KEY_ATTRS = {
+    # The TCA_FLOWER_* (source, destination) port keys of each transport.
     PROTO_TCP: ("TCA_FLOWER_KEY_TCP_SRC", "TCA_FLOWER_KEY_TCP_DST"),
     PROTO_UDP: ("TCA_FLOWER_KEY_UDP_SRC", "TCA_FLOWER_KEY_UDP_DST"),
     PROTO_SCTP: ("TCA_FLOWER_KEY_SCTP_SRC", "TCA_FLOWER_KEY_SCTP_DST"),
@@ -385,9 +386,9 @@ def _key_attrs(m: FlowerMatch) -> list[list[Any]]:
             attrs.append([f"TCA_FLOWER_KEY_PORT_{side}_MIN", port.lo])
             attrs.append([f"TCA_FLOWER_KEY_PORT_{side}_MAX", port.hi])
             continue
-        if m.ip_proto not in _PORT_ATTRS:
+        if m.ip_proto not in PORT_KEY_ATTRS:
             raise FlowerCodecError("a port key needs ip_proto tcp, udp or sctp")
-        name = _PORT_ATTRS[m.ip_proto][0 if side == "SRC" else 1]
+        name = PORT_KEY_ATTRS[m.ip_proto][0 if side == "SRC" else 1]
         attrs.append([name, port.value])
         attrs.append([f"{name}_MASK", port.mask])
     if m.tcp_flags is not None:
@@ -474,6 +475,16 @@ def delete_message(f: FlowerFilter, ifindex: int, direction: str) -> flower_tcms
     return msg
 
 
+def message_bytes(msg: flower_tcmsg, msg_type: int, flags: int, seq: int) -> bytes:
+    """A tcmsg with its netlink header filled in (port id 0: the kernel's), encoded."""
+    msg["header"]["type"] = msg_type
+    msg["header"]["flags"] = flags
+    msg["header"]["sequence_number"] = seq
+    msg["header"]["pid"] = 0
+    msg.encode()
+    return bytes(msg.data)
+
+
 # ------------------------------------------------------------------- decode
 @dataclass(frozen=True, slots=True)
 class InstalledFilter:
@@ -536,7 +547,7 @@ def _port_key(
     hi = opts.get_attr(f"TCA_FLOWER_KEY_PORT_{side}_MAX")
     if lo is not None and hi is not None:
         return PortRange(lo, hi)
-    for names in _PORT_ATTRS.values():
+    for names in PORT_KEY_ATTRS.values():
         name = names[0 if side == "SRC" else 1]
         value = opts.get_attr(name)
         if value is not None:

@@ -30,9 +30,10 @@ from backends.flower_rules import (
     Masked,
     PortRange,
 )
-from ir.fields import FAMILY_IPV4, PROTO_SCTP, PROTO_TCP, PROTO_UDP
+from ir.fields import FAMILY_IPV4, FAMILY_IPV6
 from ir.model import DROP, MIRROR, REDIRECT
 from runtime.flower_netlink import (
+    PORT_KEY_ATTRS,
     RTM_DELTFILTER,
     RTM_NEWTFILTER,
     TC_ACT_GOTO_CHAIN,
@@ -104,14 +105,9 @@ _FILTER_FLAGS = {
     )
 }
 
-_PORT_NAMES = {
-    PROTO_TCP: ("TCA_FLOWER_KEY_TCP_SRC", "TCA_FLOWER_KEY_TCP_DST"),
-    PROTO_UDP: ("TCA_FLOWER_KEY_UDP_SRC", "TCA_FLOWER_KEY_UDP_DST"),
-    PROTO_SCTP: ("TCA_FLOWER_KEY_SCTP_SRC", "TCA_FLOWER_KEY_SCTP_DST"),
-}
 _PORT_NUMBERS = {
     proto: tuple((_FLOWER[name], _FLOWER[f"{name}_MASK"]) for name in names)
-    for proto, names in _PORT_NAMES.items()
+    for proto, names in PORT_KEY_ATTRS.items()
 }
 _ADDRESS_NUMBERS = {
     family: tuple(
@@ -121,7 +117,7 @@ _ADDRESS_NUMBERS = {
         )
         for side in ("SRC", "DST")
     )
-    for family, version in ((FAMILY_IPV4, "IPV4"), (6, "IPV6"))
+    for family, version in ((FAMILY_IPV4, "IPV4"), (FAMILY_IPV6, "IPV6"))
 }
 _RANGE_NUMBERS = tuple(
     (_FLOWER[f"TCA_FLOWER_KEY_PORT_{side}_MIN"], _FLOWER[f"TCA_FLOWER_KEY_PORT_{side}_MAX"])
@@ -135,7 +131,7 @@ _ICMP_NUMBERS = {
         )
         for what in ("TYPE", "CODE")
     )
-    for family, version in ((FAMILY_IPV4, "ICMPV4"), (6, "ICMPV6"))
+    for family, version in ((FAMILY_IPV4, "ICMPV4"), (FAMILY_IPV6, "ICMPV6"))
 }
 
 
@@ -189,7 +185,11 @@ def _key_attrs(m: FlowerMatch) -> bytes:
     for which, key in enumerate((m.icmp_type, m.icmp_code)):
         if key is None:
             continue
-        out.append(_u8_pair(_ICMP_NUMBERS[FAMILY_IPV4 if family == FAMILY_IPV4 else 6][which], key))
+        out.append(
+            _u8_pair(
+                _ICMP_NUMBERS[FAMILY_IPV4 if family == FAMILY_IPV4 else FAMILY_IPV6][which], key
+            )
+        )
     return b"".join(out)
 
 

@@ -35,6 +35,7 @@ from runtime.flower_netlink import (
     delete_message,
     encode_filter,
     flower_tcmsg,
+    message_bytes,
 )
 from runtime.flower_wire import delete_filter_request, new_filter_request
 from tests.test_flower import EXAMPLE_PATHS, example_policies
@@ -210,13 +211,7 @@ def test_foreign_keys_are_refused() -> None:
 
 
 def pyroute2_bytes(f: FlowerFilter, seq: int, flags: int) -> bytes:
-    msg = encode_filter(f, 3, "ingress", ifindex_of)
-    msg["header"]["type"] = RTM_NEWTFILTER
-    msg["header"]["flags"] = flags
-    msg["header"]["sequence_number"] = seq
-    msg["header"]["pid"] = 0
-    msg.encode()
-    return bytes(msg.data)
+    return message_bytes(encode_filter(f, 3, "ingress", ifindex_of), RTM_NEWTFILTER, flags, seq)
 
 
 @given(filters(), st.integers(1, 2**32 - 1))
@@ -236,10 +231,5 @@ def test_wire_encoder_on_examples(path: Path) -> None:
 
 @given(filters())
 def test_wire_delete_request_writes_pyroute2s_bytes(f: FlowerFilter) -> None:
-    msg = delete_message(f, 3, "egress")
-    msg["header"]["type"] = RTM_DELTFILTER
-    msg["header"]["flags"] = 5
-    msg["header"]["sequence_number"] = 7
-    msg["header"]["pid"] = 0
-    msg.encode()
-    assert delete_filter_request(f, 3, "egress", flags=5, seq=7) == bytes(msg.data)
+    pyroute2 = message_bytes(delete_message(f, 3, "egress"), RTM_DELTFILTER, 5, 7)
+    assert delete_filter_request(f, 3, "egress", flags=5, seq=7) == pyroute2
