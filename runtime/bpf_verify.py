@@ -102,7 +102,7 @@ def probe_packets(policy: Policy, *, random_count: int = 2000, seed: int = 0) ->
             if values.is_full():
                 continue
             top = (1 << values.width) - 1
-            for lo, hi in values.intervals[:8]:
+            for lo, hi in values.intervals:
                 for v in (lo - 1, lo, hi, hi + 1):
                     if 0 <= v <= top:
                         point = (*base[:i], v, *base[i + 1 :])
