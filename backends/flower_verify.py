@@ -37,7 +37,7 @@ from backends.flower_rules import (
 from backends.nic_profile import NicProfile
 from ir.algebra import Cube, intersect, is_feasible, witness
 from ir.analysis import OverlapIndex
-from ir.equivalence import ANY, Entry, check_refinement
+from ir.equivalence import ANY, Entry, agree, check_refinement, compare
 from ir.fields import HEADER_SPACE
 from ir.interp import evaluate
 from ir.model import Policy, Rule
@@ -206,6 +206,176 @@ def _same_priority_conflict(
                     assert point is not None
                     return point, members[a], members[b]
     return None
+
+
+# Audit statuses of one installed filter.
+SOUND = "sound"
+STALE = "stale"
+UNSOUND = "unsound"
+UNCHECKED = "unchecked"
+
+
+@dataclass(frozen=True, slots=True)
+class FilterAudit:
+    """What the audit found about one installed chain-0 filter.
+
+    Attributes:
+        filter: the filter as installed.
+        status: SOUND (every packet it decides gets its action from the
+            policy), STALE (sound, but its cookie names another generation),
+            UNSOUND (``counterexample`` is a packet it decides wrongly), or
+            UNCHECKED (its keys are outside what the IR can express).
+        counterexample: for UNSOUND, a packet that reaches the filter, matches
+            it, and gets another verdict from the policy.
+        note: why, in words.
+    """
+
+    filter: FlowerFilter
+    status: str
+    counterexample: FlowerCounterexample | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """The answer of :func:`audit`: one finding per chain-0 filter, in priority order.
+
+    Attributes:
+        findings: per filter.
+        settled: False when the walk ran out of steps (some UNSOUND filters may
+            be missing; no SOUND finding is then a proof).
+        steps: regions walked exactly.
+        generation: the generation filters were expected to carry (None: not checked).
+        ignored: filters on other chains (the policy decides in chain 0).
+    """
+
+    findings: tuple[FilterAudit, ...]
+    settled: bool
+    steps: int
+    generation: int | None
+    ignored: int
+
+    def with_status(self, status: str) -> list[FilterAudit]:
+        """The findings of one status."""
+        return [f for f in self.findings if f.status == status]
+
+    @property
+    def sound(self) -> bool:
+        """True when proven: no installed filter gives a verdict the policy would not."""
+        return self.settled and not any(f.status in (UNSOUND, UNCHECKED) for f in self.findings)
+
+
+def audit(
+    policy: Policy,
+    filters: Sequence[FlowerFilter],
+    *,
+    generation: int | None = None,
+    step_limit: int = 200_000,
+) -> Audit:
+    """Check every installed chain-0 filter on its own: each packet that reaches
+    it (no earlier filter matches) and matches it must get its action from the
+    policy (traps always agree: the slow path decides). Filters of flowc whose
+    cookie names a ``generation`` other than the given one are STALE even
+    when sound. A filter the IR cannot express is UNCHECKED and treated as
+    matching nothing, so the filters after it are checked on a superset of
+    their packets (a SOUND verdict stays a proof).
+    """
+    chain0 = ordered(f for f in filters if f.chain == 0)
+    left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
+    right: list[Entry] = []
+    kept: list[int] = []
+    unchecked: dict[int, str] = {}
+    for i, f in enumerate(chain0):
+        try:
+            c = f.match.cube()
+        except FlowerMatchError as err:
+            unchecked[i] = f"the policy cannot express its match: {err}"
+            continue
+        if c is not None:
+            kept.append(i)
+            right.append(Entry(c, _decision(f.action)))
+    unsound: dict[int, tuple[FlowerCounterexample, str]] = {}
+    settled = True
+    steps = 0
+    for a, b, point in _ambiguous_pairs(chain0, kept, right, step_limit):
+        rule = evaluate(policy, Packet(point)).rule
+        for x, y in ((a, b), (b, a)):
+            if x not in unsound and not agree(_decision(chain0[x].action), action_for(rule.action)):
+                reason = _order_reason(chain0[x], chain0[y])
+                unsound[x] = (_counterexample(policy, point, chain0[x], reason), reason)
+    hints = [_hint(chain0[i]) for i in kept]
+    outcome = check_refinement(
+        HEADER_SPACE, left, right, hints=hints, collect=True, step_limit=step_limit
+    )
+    settled, steps = outcome.settled, outcome.steps
+    for d in outcome.divergences:
+        assert d.right is not None, "no filter matched, so the slow path decides"
+        i = kept[d.right]
+        if i not in unsound:
+            ce = _counterexample(policy, d.point, chain0[i], "the actions differ")
+            why = f"the filter says {ce.flower_verdict}, the policy {ce.policy_verdict}"
+            unsound[i] = (ce, why)
+    findings = []
+    for i, f in enumerate(chain0):
+        origin = _cookie_note(f, generation)
+        if i in unchecked:
+            findings.append(FilterAudit(f, UNCHECKED, None, unchecked[i]))
+        elif i in unsound:
+            ce, why = unsound[i]
+            findings.append(FilterAudit(f, UNSOUND, ce, why + origin))
+        elif origin:
+            findings.append(FilterAudit(f, STALE, None, "sound" + origin))
+        else:
+            findings.append(FilterAudit(f, SOUND))
+    return Audit(tuple(findings), settled, steps, generation, len(filters) - len(chain0))
+
+
+def _ambiguous_pairs(
+    chain0: Sequence[FlowerFilter], kept: Sequence[int], right: Sequence[Entry], step_limit: int
+) -> list[tuple[int, int, tuple[int, ...]]]:
+    """Pairs of filters (positions in ``chain0``) of one priority with different
+    actions, and a packet matching both that no filter of an earlier priority
+    takes: the kernel decides it by mask creation order."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for pos, i in enumerate(kept):
+        groups[chain0[i].prio].append(pos)
+    found = []
+    for members in groups.values():
+        if len({chain0[kept[pos]].action for pos in members}) < 2:
+            continue
+        earlier = [Entry(e.cube, "taken") for e in right[: members[0]]]
+        index = OverlapIndex(HEADER_SPACE, [right[pos].cube for pos in members])
+        for a in range(len(members)):
+            for b in index.candidates(a, a + 1, len(members)):
+                fa, fb = chain0[kept[members[a]]], chain0[kept[members[b]]]
+                if fa.action == fb.action:
+                    continue
+                both = intersect(right[members[a]].cube, right[members[b]].cube)
+                if both is None:
+                    continue
+                reach = compare(
+                    HEADER_SPACE,
+                    earlier,
+                    [],
+                    left_default="reaches",
+                    right_default="taken",
+                    within=[both],
+                    step_limit=step_limit,
+                )
+                if reach.divergences:
+                    found.append((kept[members[a]], kept[members[b]], reach.divergences[0].point))
+    return found
+
+
+def _hint(f: FlowerFilter) -> int | None:
+    return f.cookie.rule if f.cookie is not None else None
+
+
+def _cookie_note(f: FlowerFilter, generation: int | None) -> str:
+    """'' for a filter of the expected generation (or no expectation), else why it is stale."""
+    if generation is None or f.cookie is None or f.cookie.generation == generation:
+        return ""
+    return f"; installed by generation {f.cookie.generation}, the policy is generation {generation}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,6 +238,7 @@ def check_refinement(
     right: Sequence[Entry],
     *,
     hints: Sequence[int | None] | None = None,
+    collect: bool = False,
     step_limit: int = 200_000,
 ) -> Outcome:
     """Does every packet some ``right`` entry decides get the same decision from
@@ -256,8 +257,12 @@ def check_refinement(
     passing neither test, and right entries with no container, go to the
     exact walk, on just their overlap, so a 10,000-rule lowering is proven
     with index look-ups instead of a walk over every region.
+
+    With ``collect``, the check goes on past the first divergence and every
+    right entry that decides some packet differently from ``left`` appears as
+    the ``right`` of at least one divergence (an audit lists them all).
     """
-    return _Refinement(space, left, right, hints, step_limit).run()
+    return _Refinement(space, left, right, hints, collect, step_limit).run()
 
 
 # Witness steps spent covering one left entry before the exact walk takes over.
@@ -275,9 +280,11 @@ class _Refinement:
         left: Sequence[Entry],
         right: Sequence[Entry],
         hints: Sequence[int | None] | None,
+        collect: bool,
         step_limit: int,
     ) -> None:
         self.space = space
+        self.collect = collect
         self.left = FirstMatch(space, left)
         self.right = FirstMatch(space, right)
         self.hints = hints
@@ -301,7 +308,7 @@ class _Refinement:
                 continue
             container = containers[j]
             if container is None:
-                if self._exact([entry.cube]):
+                if self._exact([entry.cube]) and not self.collect:
                     break
                 continue
             for k in self._conflicts(container):
@@ -311,7 +318,10 @@ class _Refinement:
                 if both is None or not is_feasible(self.space, both):
                     continue
                 if self._exact([both]):
-                    return self.outcome
+                    if not self.collect:
+                        return self.outcome
+                    if any(d.right == j for d in self.outcome.divergences):
+                        break  # one divergence is enough to name entry j
             if not self.outcome.settled:
                 break
         return self.outcome
@@ -395,6 +405,7 @@ class _Refinement:
             self.right,
             right_default=ANY,
             within=within,
+            collect=self.collect,
             step_limit=max(self.step_limit - self.outcome.steps, 1),
         )
         self.outcome.steps += outcome.steps

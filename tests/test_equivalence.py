@@ -169,3 +169,28 @@ def test_check_refinement_matches_enumeration(
     assert out.equivalent == (not disagree)
     if out.divergences:
         assert out.divergences[0].point in disagree
+
+
+def first_index(entries: Sequence[Entry], point: Point) -> int | None:
+    return next((i for i, e in enumerate(entries) if e.cube.contains(point)), None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(refinements(), st.booleans())
+def test_check_refinement_collect_names_every_unsound_entry(
+    case: tuple[list[Entry], list[Entry], list[int | None]], use_hints: bool
+) -> None:
+    """With collect, the right entries named by divergences are exactly those
+    that decide some packet differently from the left list (an audit's list)."""
+    rules, pieces, hints = case
+    unsound = set()
+    for p in PACKETS:
+        j = first_index(pieces, p)
+        if j is not None and not agree(decide(rules, None, p), pieces[j].decision):
+            unsound.add(j)
+    out = check_refinement(SMALL, rules, pieces, hints=hints if use_hints else None, collect=True)
+    assert out.settled
+    assert {d.right for d in out.divergences} == unsound
+    for d in out.divergences:
+        assert first_index(pieces, d.point) == d.right
+        assert not agree(decide(rules, None, d.point), pieces[d.right].decision)  # type: ignore[index]

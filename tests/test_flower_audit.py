@@ -1,0 +1,217 @@
+"""Audit of installed filters: every filter judged on its own against the policy.
+
+The oracle for "unsound" is a separate, plain question per filter: the
+region walk (:func:`ir.equivalence.compare`, no refinement shortcuts) over
+the filter's own cube, with every earlier filter deciding ANY (packets they
+take never reach this one). Every UNSOUND finding's packet is re-run
+through both interpreters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends import flower
+from backends.flower_rules import (
+    TRAP,
+    FlowerAction,
+    FlowerFilter,
+    FlowerMatch,
+    Masked,
+    action_for,
+    classify,
+    ordered,
+)
+from backends.flower_verify import SOUND, STALE, UNCHECKED, UNSOUND, Audit, audit
+from backends.nic_profile import load_profile
+from compiler.frontend import compile_source
+from ir.equivalence import ANY, Entry, compare
+from ir.fields import HEADER_SPACE
+from ir.interp import evaluate
+from ir.model import Action, Match, Policy
+from tests.test_analysis import make_policy, rules
+from tests.test_flower import EXAMPLE_PATHS, EXAMPLES, example_policies
+from tests.test_flower_verify import mutants
+
+
+def reference_unsound(policy: Policy, filters: list[FlowerFilter]) -> set[int]:
+    """Positions (in priority order, chain 0) of filters that decide some packet
+    against the policy, one plain walk per filter."""
+    chain0 = ordered(f for f in filters if f.chain == 0)
+    left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
+    earlier: list[Entry] = []
+    out = set()
+    for i, f in enumerate(chain0):
+        c = f.match.cube()
+        if c is None:
+            continue
+        decision = ANY if f.action.kind == TRAP else f.action
+        walk = compare(
+            HEADER_SPACE, left, [*earlier, Entry(c, decision)], right_default=ANY, within=[c]
+        )
+        assert walk.settled
+        if walk.divergences:
+            out.add(i)
+        earlier.append(Entry(c, ANY))
+    return out
+
+
+def assert_findings_valid(policy: Policy, filters: list[FlowerFilter], result: Audit) -> None:
+    """Every UNSOUND finding carries a packet the filter really decides wrongly
+    (or, for two filters of one priority, may decide wrongly)."""
+    chain0 = ordered(f for f in filters if f.chain == 0)
+    assert [a.filter for a in result.findings] == chain0
+    for finding in result.with_status(UNSOUND):
+        ce = finding.counterexample
+        assert ce is not None and ce.filter == finding.filter
+        assert finding.filter.match.matches(ce.packet)
+        assert finding.filter.action != action_for(evaluate(policy, ce.packet).action)
+        assert evaluate(policy, ce.packet).rule == ce.rule
+        if "mask creation order" not in ce.reason:
+            assert classify(chain0, ce.packet).filter == finding.filter
+
+
+def positions(result: Audit, *statuses: str) -> set[int]:
+    return {i for i, a in enumerate(result.findings) if a.status in statuses}
+
+
+@pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
+def test_every_example_lowering_audits_sound(path: Path) -> None:
+    for policy in example_policies(path):
+        for profile in ("software", "mlx5-connectx6dx"):
+            program = flower.lower(policy, load_profile(profile), generation=7)
+            result = audit(policy, program.filters, generation=7)
+            assert result.sound
+            assert {a.status for a in result.findings} == {SOUND}
+
+
+@pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
+def test_example_mutants_match_the_per_filter_walk(path: Path) -> None:
+    rng = random.Random(f"audit-{path.stem}")
+    for policy in example_policies(path):
+        flt = list(flower.lower(policy, load_profile("software")).filters)
+        # The reference walks once per filter: six mutants per policy keep it quick.
+        for _kind, mutant in itertools.islice(mutants(flt, rng), 6):
+            result = audit(policy, mutant)
+            assert result.settled
+            assert_findings_valid(policy, mutant, result)
+            unsound = positions(result, UNSOUND)
+            expected = reference_unsound(policy, mutant)
+            assert expected <= unsound
+            for i in unsound - expected:
+                ce = result.findings[i].counterexample
+                assert ce is not None and "mask creation order" in ce.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(rules(), min_size=1, max_size=8),
+    st.sampled_from(["allow", "drop"]),
+    st.integers(0, 2**32),
+)
+def test_random_policies_with_several_mutations(
+    specs: list[tuple[Match, Action]], default: str, seed: int
+) -> None:
+    policy = make_policy(specs, default)
+    nic = load_profile("software")
+    flt = list(flower.lower(policy, nic).filters)
+    rng = random.Random(seed)
+    for _ in range(rng.randint(1, 3)):
+        candidates = [m for _kind, m in mutants(flt, rng)]
+        if candidates:
+            flt = rng.choice(candidates)
+    result = audit(policy, flt)
+    assert result.settled
+    assert_findings_valid(policy, flt, result)
+    expected = reference_unsound(policy, flt)
+    unsound = positions(result, UNSOUND)
+    assert expected <= unsound
+    assert all(
+        "mask creation order" in (result.findings[i].counterexample.reason)  # type: ignore[union-attr]
+        for i in unsound - expected
+    )
+    assert result.sound == (not unsound)
+
+
+VERSION_2 = (
+    (EXAMPLES / "web-tier.fw")
+    .read_text()
+    .replace("allow tcp from lb to webs dport 8080", "drop tcp from lb to webs dport 8080")
+)
+
+
+def test_filters_of_an_old_generation_are_stale_or_unsound() -> None:
+    (old,) = example_policies(EXAMPLES / "web-tier.fw")
+    compiled = compile_source(VERSION_2, str(EXAMPLES / "web-tier.fw"))
+    assert compiled.program is not None
+    (new,) = compiled.program.policies
+    installed = list(flower.lower(old, generation=1).filters)
+    result = audit(new, installed, generation=2)
+    assert not result.sound
+    changed = [i for i, r in enumerate(old.rules) if r.origin.text.startswith("allow tcp from lb")]
+    for finding in result.findings:
+        f = finding.filter
+        assert f.cookie is not None
+        if f.cookie.rule in changed and f.action.kind != TRAP:
+            assert finding.status == UNSOUND
+            assert finding.counterexample is not None
+            assert finding.counterexample.policy_verdict == "drop"
+            assert "generation 1" in finding.note
+        else:
+            assert finding.status == STALE, finding
+    # Without an expected generation the sound ones are simply sound.
+    plain = audit(new, installed)
+    assert positions(plain, UNSOUND) == positions(result, UNSOUND)
+    assert positions(plain, STALE) == set()
+    # The new lowering, of the new generation, is sound.
+    assert audit(new, flower.lower(new, generation=2).filters, generation=2).sound
+
+
+def test_a_filter_the_ir_cannot_express_is_unchecked_and_matches_nothing() -> None:
+    (policy,) = example_policies(EXAMPLES / "web-tier.fw")[:1]
+    ecn = FlowerFilter(
+        0, 1, 1, FlowerMatch(0x0800, ip_tos=Masked(0x01, 0x03)), FlowerAction("drop")
+    )
+    wrong = FlowerFilter(0, 2, 1, FlowerMatch(0x0800), FlowerAction("pass"))
+    result = audit(policy, [ecn, wrong])
+    assert [a.status for a in result.findings] == [UNCHECKED, UNSOUND]
+    assert "ECN" in result.findings[0].note
+    assert not result.sound
+
+
+def test_same_priority_overlap_with_different_actions_is_unsound() -> None:
+    (policy,) = example_policies(EXAMPLES / "web-tier.fw")[:1]
+    drop_everything = FlowerFilter(0, 5, 1, FlowerMatch(0x0800), FlowerAction("drop"))
+    allow_everything = FlowerFilter(0, 5, 2, FlowerMatch(0x0800), FlowerAction("pass"))
+    result = audit(policy, [drop_everything, allow_everything])
+    # Both can decide some packet: the allow is wrong for dropped traffic.
+    allow_finding = result.findings[1]
+    assert allow_finding.status == UNSOUND
+    assert allow_finding.counterexample is not None
+    assert "mask creation order" in allow_finding.counterexample.reason
+    # An earlier priority that takes every packet of the overlap removes the ambiguity.
+    trap_all = FlowerFilter(0, 1, 1, FlowerMatch(0x0800), FlowerAction(TRAP, chain=1))
+    shadowed = audit(policy, [trap_all, drop_everything, allow_everything])
+    assert [a.status for a in shadowed.findings] == [SOUND, SOUND, SOUND]
+
+
+def test_filters_on_other_chains_are_counted_not_judged() -> None:
+    (policy,) = example_policies(EXAMPLES / "web-tier.fw")[:1]
+    elsewhere = FlowerFilter(3, 1, 1, FlowerMatch(0x0800), FlowerAction("pass"))
+    result = audit(policy, [elsewhere])
+    assert result.findings == () and result.ignored == 1 and result.sound
+
+
+def test_foreign_filters_are_judged_too() -> None:
+    (policy,) = example_policies(EXAMPLES / "web-tier.fw")[:1]
+    program = flower.lower(policy)
+    foreign = dataclasses.replace(program.filters[0], cookie=None, prio=1, handle=99)
+    result = audit(policy, [foreign, *program.filters], generation=0)
+    assert result.sound
