@@ -35,9 +35,9 @@ from backends.flower_rules import (
     ordered,
 )
 from backends.nic_profile import NicProfile
-from ir.algebra import Cube, intersect, is_feasible, witness
+from ir.algebra import Cube, intersect, is_feasible, subtract, witness
 from ir.analysis import OverlapIndex
-from ir.equivalence import ANY, Entry, agree, check_refinement, compare
+from ir.equivalence import ANY, Entry, FirstMatch, agree, check_refinement
 from ir.fields import HEADER_SPACE
 from ir.interp import evaluate
 from ir.model import Policy, Rule
@@ -295,9 +295,8 @@ def audit(
             kept.append(i)
             right.append(Entry(c, _decision(f.action)))
     unsound: dict[int, tuple[FlowerCounterexample, str]] = {}
-    settled = True
-    steps = 0
-    for a, b, point in _ambiguous_pairs(chain0, kept, right, step_limit):
+    pairs, settled = _ambiguous_pairs(chain0, kept, right, step_limit)
+    for a, b, point in pairs:
         rule = evaluate(policy, Packet(point)).rule
         for x, y in ((a, b), (b, a)):
             if x not in unsound and not agree(_decision(chain0[x].action), action_for(rule.action)):
@@ -307,7 +306,7 @@ def audit(
     outcome = check_refinement(
         HEADER_SPACE, left, right, hints=hints, collect=True, step_limit=step_limit
     )
-    settled, steps = outcome.settled, outcome.steps
+    settled, steps = settled and outcome.settled, outcome.steps
     for d in outcome.divergences:
         assert d.right is not None, "no filter matched, so the slow path decides"
         i = kept[d.right]
@@ -332,18 +331,20 @@ def audit(
 
 def _ambiguous_pairs(
     chain0: Sequence[FlowerFilter], kept: Sequence[int], right: Sequence[Entry], step_limit: int
-) -> list[tuple[int, int, tuple[int, ...]]]:
+) -> tuple[list[tuple[int, int, tuple[int, ...]]], bool]:
     """Pairs of filters (positions in ``chain0``) of one priority with different
     actions, and a packet matching both that no filter of an earlier priority
-    takes: the kernel decides it by mask creation order."""
+    takes: the kernel decides it by mask creation order. False when a search
+    for such a packet ran out of steps."""
     groups: dict[int, list[int]] = defaultdict(list)
     for pos, i in enumerate(kept):
         groups[chain0[i].prio].append(pos)
     found = []
+    settled = True
+    taken: FirstMatch | None = None
     for members in groups.values():
         if len({chain0[kept[pos]].action for pos in members}) < 2:
             continue
-        earlier = [Entry(e.cube, "taken") for e in right[: members[0]]]
         index = OverlapIndex(HEADER_SPACE, [right[pos].cube for pos in members])
         for a in range(len(members)):
             for b in index.candidates(a, a + 1, len(members)):
@@ -353,18 +354,32 @@ def _ambiguous_pairs(
                 both = intersect(right[members[a]].cube, right[members[b]].cube)
                 if both is None:
                     continue
-                reach = compare(
-                    HEADER_SPACE,
-                    earlier,
-                    [],
-                    left_default="reaches",
-                    right_default="taken",
-                    within=[both],
-                    step_limit=step_limit,
-                )
-                if reach.divergences:
-                    found.append((kept[members[a]], kept[members[b]], reach.divergences[0].point))
-    return found
+                taken = taken or FirstMatch(HEADER_SPACE, right)
+                point, done = _reaching_point(taken, both, members[0], step_limit)
+                settled = settled and done
+                if point is not None:
+                    found.append((kept[members[a]], kept[members[b]], point))
+    return found, settled
+
+
+def _reaching_point(
+    taken: FirstMatch, region: Cube, start: int, step_limit: int
+) -> tuple[tuple[int, ...] | None, bool]:
+    """A packet of ``region`` that no entry before ``start`` takes (None: there
+    is none), and False when the search ran out of steps."""
+    residual = [region]
+    for _ in range(step_limit):
+        if not residual:
+            return None, True
+        piece = residual.pop()
+        point = witness(HEADER_SPACE, piece)
+        if point is None:
+            continue
+        k = taken.first(point)
+        if k is None or k >= start:
+            return point, True
+        residual.extend(subtract(HEADER_SPACE, piece, taken.cubes[k]))
+    return None, not residual
 
 
 def _hint(f: FlowerFilter) -> int | None:

@@ -146,7 +146,7 @@ def _emit_flower(program: Program, args: argparse.Namespace) -> int:
     policy = _select_policy(program, args.hook)
     profile = profile_from_args(args)
     try:
-        lowered = flower.lower(policy, profile)
+        lowered = flower.lower(policy, profile, generation=args.generation)
     except flower.FlowerLoweringError as exc:
         print(f"flowc: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -421,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["bitvec", "chain"],
         default="bitvec",
         help="BPF classifier: bitvec (map-based, default) or chain (one if per rule)",
+    )
+    p.add_argument(
+        "--generation",
+        type=int,
+        default=0,
+        help="policy generation written into every flower filter's cookie (flowc audit reads it)",
     )
     p.add_argument("--format", choices=["text", "json"], default="text", help="output format")
     p.add_argument("--hook", metavar="NAME", help="only this policy")

@@ -1,9 +1,11 @@
-"""``flowc verify`` and ``flowc diff``: the checks a CI job runs on a policy.
+"""``flowc verify``, ``flowc diff`` and ``flowc audit``: the checks a CI job
+(or an operator) runs on a policy.
 
-Exit codes (verify): 0 every check that ran proved equivalence, 1 a
-counterexample, 2 usage or input error, 3 a check could not run (no root for
-the BPF part, a rule list the IR cannot express exactly). Diff exits 1 when
-any packet changes verdict, unless ``--allow-change``.
+Exit codes (verify, audit): 0 every check that ran proved equivalence (every
+installed filter sound), 1 a counterexample, 2 usage or input error, 3 a
+check could not run (no root for the BPF part, a rule list the IR cannot
+express exactly). Diff exits 1 when any packet changes verdict, unless
+``--allow-change``.
 """
 
 from __future__ import annotations
@@ -281,8 +283,144 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK if d.empty or args.allow_change else EXIT_COUNTEREXAMPLE
 
 
+def _installed_filters(
+    args: argparse.Namespace, policy: Policy
+) -> tuple[list[Any], list[str], str]:
+    """The filters to audit (from the device, or a tc JSON file), the reasons
+    some could not be read, and where they came from in words."""
+    from backends.flower_text import FlowerTextError, parse_tc_json
+
+    if args.filters:
+        try:
+            text = Path(args.filters).read_text()
+            return parse_tc_json(json.loads(text)), [], args.filters
+        except OSError as err:
+            raise _InputError(f"{args.filters}: {err.strerror}") from None
+        except json.JSONDecodeError as err:
+            raise _InputError(f"{args.filters}:{err.lineno}:{err.colno}: {err.msg}") from None
+        except FlowerTextError as err:
+            raise _InputError(f"{args.filters}: {err}") from None
+    from runtime.flower_installer import FlowerInstaller, FlowerInstallError
+
+    direction = args.direction or policy.hook.direction
+    unreadable: list[str] = []
+    try:
+        with FlowerInstaller(args.dev, direction) as installer:
+            installed = installer.dump(unreadable=unreadable)
+    except FlowerInstallError as err:
+        raise _InputError(str(err)) from None
+    return [i.filter for i in installed], unreadable, f"{args.dev} {direction}"
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``flowc audit``."""
+    from backends.flower_verify import STALE, UNCHECKED, UNSOUND, audit, describe_action
+    from compiler.cli import _compile_or_report, _select_policy
+
+    result, status = _compile_or_report(args.policy)
+    if status or result.program is None:
+        return EXIT_USAGE
+    policy = _select_policy(result.program, args.hook)
+    try:
+        filters, unreadable, where = _installed_filters(args, policy)
+    except _InputError as err:
+        print(f"flowc: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    generation = args.generation
+    if generation is None:
+        # An agent-managed device: the newest generation flowc installed is current.
+        gens = [f.cookie.generation for f in filters if f.cookie is not None]
+        generation = max(gens) if gens else None
+    start = time.perf_counter()
+    found = audit(policy, filters, generation=generation)
+    elapsed = time.perf_counter() - start
+    counts = {s: len(found.with_status(s)) for s in ("sound", STALE, UNSOUND, UNCHECKED)}
+    if counts[UNSOUND]:
+        code = EXIT_COUNTEREXAMPLE
+    elif counts[UNCHECKED] or unreadable or not found.settled:
+        code = EXIT_CANNOT_RUN
+    else:
+        code = EXIT_OK
+    problems = [a for a in found.findings if a.status != "sound"]
+    if args.json:
+        report: dict[str, Any] = {
+            "policy": policy.name,
+            "source": where,
+            "generation": generation,
+            "sound": code == EXIT_OK,
+            "equivalent": code == EXIT_OK,
+            "settled": found.settled,
+            "counts": counts | {"unreadable": len(unreadable), "other_chains": found.ignored},
+            "filters": [_finding_json(a) for a in problems],
+            "unreadable": unreadable,
+            "seconds": round(elapsed, 3),
+        }
+        first = next((a for a in problems if a.counterexample is not None), None)
+        if first is not None:
+            report["counterexample"] = _finding_json(first)["counterexample"]
+        print(json.dumps(report, indent=2))
+    else:
+        gen = "" if generation is None else f", generation {generation}"
+        print(
+            f"audit {where} against {policy.name}{gen}: {len(found.findings)} filters on "
+            f"chain 0, {found.ignored} on other chains not judged ({elapsed:.2f} s)"
+        )
+        for a in problems:
+            print(f"  {a.status.upper():9} {a.filter.label()}: {describe_action(a.filter.action)}")
+            if a.note:
+                print(f"            {a.note}")
+            ce = a.counterexample
+            if ce is not None:
+                print(f"            packet:  {format_packet(ce.packet)}")
+                print(
+                    f"            policy:  {ce.policy_verdict}   [{ce.rule.origin}: "
+                    f"{ce.rule.origin.text}]"
+                )
+        for reason in unreadable:
+            print(f"  UNREADABLE {reason}")
+        if not found.settled:
+            print("audit: gave up before the end; filters not listed are not proven sound")
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        if unreadable:
+            summary += f", {len(unreadable)} unreadable"
+        word = "OK" if code == EXIT_OK else _status_word(code)
+        print(f"audit {policy.name}: {summary or 'no filters'} -> {word}")
+    return code
+
+
+def _finding_json(a: Any) -> dict[str, Any]:
+    from backends.flower_verify import describe_action
+
+    f = a.filter
+    out: dict[str, Any] = {
+        "status": a.status,
+        "chain": f.chain,
+        "prio": f.prio,
+        "handle": f.handle,
+        "action": describe_action(f.action),
+        "note": a.note,
+    }
+    if f.cookie is not None:
+        out["cookie"] = {"generation": f.cookie.generation, "rule": f.cookie.rule}
+    ce = a.counterexample
+    if ce is not None:
+        out["counterexample"] = {
+            "packet": format_packet(ce.packet),
+            "policy": ce.policy_verdict,
+            "flower": ce.flower_verdict,
+            "rule": {
+                "file": ce.rule.origin.file,
+                "line": ce.rule.origin.line,
+                "text": ce.rule.origin.text,
+            },
+            "filter": {"chain": f.chain, "prio": f.prio, "handle": f.handle},
+            "reason": ce.reason,
+        }
+    return out
+
+
 def add_parsers(sub: Any) -> None:
-    """Register ``verify`` and ``diff`` on the CLI's subcommand parser."""
+    """Register ``verify``, ``diff`` and ``audit`` on the CLI's subcommand parser."""
     p = sub.add_parser(
         "verify",
         help="prove the lowerings mean the policy (exit 0 yes, 1 counterexample, 3 incomplete)",
@@ -310,3 +448,24 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--allow-change", action="store_true", help="exit 0 even when packets change")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser(
+        "audit",
+        help="prove every flower filter on a device sound against the policy; list stale ones",
+    )
+    p.add_argument("--policy", required=True, metavar="POLICY")
+    p.add_argument("--hook", metavar="NAME", help="the policy to audit against (if several)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dev", help="dump the filters installed on this device")
+    source.add_argument(
+        "--filters", metavar="FILE", help="audit a saved `tc -j filter show` dump instead"
+    )
+    p.add_argument("--direction", choices=["ingress", "egress"], help="default: the policy's own")
+    p.add_argument(
+        "--generation",
+        type=int,
+        help="the current policy generation (default: the newest on the device); "
+        "sound filters of other generations are listed as stale",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_audit)

@@ -257,8 +257,15 @@ class FlowerInstaller:
         return out
 
     # ------------------------------------------------------------------- read
-    def dump(self, chain: int | None = None) -> list[InstalledFilter]:
-        """Every flower filter on the hook (of one chain, or all), with statistics."""
+    def dump(
+        self, chain: int | None = None, *, unreadable: list[str] | None = None
+    ) -> list[InstalledFilter]:
+        """Every flower filter on the hook (of one chain, or all), with statistics.
+
+        A filter with keys or actions flowc does not model raises
+        FlowerCodecError, unless ``unreadable`` is given: then the reason is
+        appended there and the dump goes on (an audit lists them).
+        """
         msg = flower_tcmsg()
         msg["family"] = socket.AF_UNSPEC
         msg["index"] = self.ifindex
@@ -286,7 +293,13 @@ class FlowerInstaller:
                 decoded.decode()
                 if decoded.get_attr("TCA_KIND") != "flower":
                     continue
-                installed = decode_filter(decoded, _index_name)
+                try:
+                    installed = decode_filter(decoded, _index_name)
+                except FlowerCodecError as err:
+                    if unreadable is None:
+                        raise
+                    unreadable.append(str(err))
+                    continue
                 if installed is not None:
                     out.append(installed)
         return out

@@ -100,6 +100,15 @@ def test_compare_matches_enumeration(
                 assert decide(left, left_default, p) == decide(left, left_default, d.point)
                 assert decide(right, right_default, p) == decide(right, right_default, d.point)
 
+    blamed = compare(
+        SMALL, left, right, left_default=left_default, right_default=right_default, blame=True
+    )
+    assert blamed.settled
+    assert {d.right for d in blamed.divergences} == {
+        next((i for i, e in enumerate(right) if e.cube.contains(p)), None) for p in disagree
+    }
+    assert all(d.point in disagree for d in blamed.divergences)
+
 
 def test_identical_lists_are_equivalent_and_a_changed_action_is_found() -> None:
     proto3 = Cube((ValueSet.of_value(2, 3), ValueSet.full(4), ValueSet.of_range(3, 2, 5)))
