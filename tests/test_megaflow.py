@@ -1,0 +1,167 @@
+"""Megaflows against brute force: sound (one rule decides every packet),
+maximal (no field widens to its next block and stays sound), and built of
+blocks a match key can express.
+
+The small space of tests/test_equivalence.py (a protocol root, an address,
+a port that only exists under protocol 3) is enumerated exactly; on the real
+header space the proof is :func:`ir.megaflow.decides_whole` plus the
+interpreter on sampled packets.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ir.algebra import Cube
+from ir.analysis import region_witnesses
+from ir.fields import HEADER_SPACE, Space
+from ir.interp import evaluate
+from ir.megaflow import (
+    BITS,
+    EXACT_5TUPLE,
+    MEGAFLOW,
+    FieldShape,
+    Megaflow,
+    PolicyRegions,
+    Shapes,
+    _wider,
+    block,
+    decides_whole,
+    mask_of_length,
+    megaflow,
+    narrowed,
+)
+from ir.packet import Packet, Point, prerequisites_met
+from tests.test_equivalence import PACKETS, SMALL, cubes
+from tests.test_flower import EXAMPLE_PATHS, example_policies
+
+SMALL_SHAPES = (
+    Shapes("prefix", {"proto": FieldShape(lengths=(0,))}),
+    Shapes("bits", {"proto": FieldShape(lengths=(0,)), "port": FieldShape(BITS)}),
+    Shapes("coarse", {"src": FieldShape(lengths=(0, 2))}),
+)
+
+
+def first_rule(rules: list[Cube], point: Point) -> int | None:
+    return next((i for i, c in enumerate(rules) if c.contains(point)), None)
+
+
+def is_block(space: Space, flow: Megaflow, shapes: Shapes) -> bool:
+    for i, (shape, mask) in enumerate(zip(shapes.of(space), flow.masks, strict=True)):
+        width = space.fields[i].width
+        if shape.kind != BITS:
+            assert shape.lengths is not None
+            if mask not in {mask_of_length(width, n) for n in shape.lengths} | {0}:
+                return False
+        expected = block(width, flow.point[i], mask) if mask else space.fields[i].full
+        if flow.cube.sets[i] != expected:
+            return False
+    return True
+
+
+def widenings(space: Space, flow: Megaflow, shapes: Shapes) -> list[tuple[int, ...]]:
+    """Every mask list with one field widened to a wider allowed block, keeping
+    prerequisite fields exact under narrowed dependents (as a match key needs)."""
+    out = []
+    roots = {
+        i: {space.index[name] for alt in f.prerequisite for name, _ in alt}
+        for i, f in enumerate(space.fields)
+    }
+    for i, shape in enumerate(shapes.of(space)):
+        mask = flow.masks[i]
+        if not mask:
+            continue
+        if any(flow.masks[d] and i in roots[d] for d in roots):
+            continue
+        for m in _wider(space.fields[i].width, shape, mask):
+            trial = list(flow.masks)
+            trial[i] = m
+            out.append(tuple(trial))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(cubes, max_size=6), st.sampled_from(SMALL_SHAPES), st.data())
+def test_megaflows_are_sound_maximal_blocks(
+    rule_cubes: list[Cube], shapes: Shapes, data: st.DataObject
+) -> None:
+    rules = [*rule_cubes, Cube(tuple(f.full for f in SMALL.fields))]
+    regions = PolicyRegions(SMALL, rules)
+    point = data.draw(st.sampled_from(PACKETS))
+    flow = megaflow(regions, point, shapes)
+    assert flow is not None
+    assert flow.rule == first_rule(rules, point)
+    assert flow.cube.contains(point)
+    assert is_block(SMALL, flow, shapes)
+    members = [p for p in PACKETS if flow.cube.contains(p)]
+    assert all(first_rule(rules, p) == flow.rule for p in members)
+    assert decides_whole(regions, flow.cube, flow.rule)
+    # Dependent fields are narrowed only under exact prerequisite fields.
+    for i, f in enumerate(SMALL.fields):
+        if flow.masks[i] and f.prerequisite:
+            assert prerequisites_met(SMALL, point, i)
+            for alt in f.prerequisite:
+                for name, _ in alt:
+                    root = SMALL.index[name]
+                    assert flow.masks[root] == (1 << SMALL.fields[root].width) - 1
+    # Maximal: any one field widened holds a packet another rule decides.
+    for trial in widenings(SMALL, flow, shapes):
+        wider = narrowed(SMALL, Megaflow(flow.cube, (0,) * len(trial), point, flow.rule), trial)
+        assert any(first_rule(rules, p) != flow.rule for p in PACKETS if wider.cube.contains(p))
+
+
+def test_narrowing_keeps_the_packet_and_refuses_wider_masks() -> None:
+    rules = [Cube(tuple(f.full for f in SMALL.fields))]
+    point = PACKETS[5]
+    flow = megaflow(PolicyRegions(SMALL, rules), point, SMALL_SHAPES[0])
+    assert flow is not None and flow.masks == (0, 0, 0)
+    exact = narrowed(SMALL, flow, (3, 15, 0))
+    assert exact.cube.contains(point) and exact.rule == flow.rule
+    with pytest.raises(ValueError, match="include"):
+        narrowed(SMALL, exact, (0, 0, 0))
+
+
+@pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
+def test_example_megaflows_are_proven_and_checked_by_the_interpreter(path: Path) -> None:
+    rng = random.Random(path.stem)
+    for policy in example_policies(path):
+        regions = PolicyRegions(HEADER_SPACE, [r.match.cube for r in policy.rules])
+        for point, _rule in region_witnesses(policy, per_rule=2):
+            for shapes in (MEGAFLOW, EXACT_5TUPLE):
+                flow = megaflow(regions, point, shapes)
+                assert flow is not None
+                assert flow.rule == evaluate(policy, Packet(point)).rule.priority
+                assert is_block(HEADER_SPACE, flow, shapes)
+                assert decides_whole(regions, flow.cube, flow.rule)
+                # Packets drawn from the cube: the interpreter agrees.
+                for _ in range(5):
+                    sample = tuple(
+                        rng.choice([lo, hi])
+                        for lo, hi in (s.intervals[0] for s in flow.cube.sets)
+                    )
+                    if flow.cube.contains(sample):
+                        try:
+                            packet = Packet(sample)
+                        except ValueError:
+                            continue
+                        assert evaluate(policy, packet).rule.priority == flow.rule
+
+
+def test_exact_5tuple_pins_the_five_tuple_and_megaflow_is_wider() -> None:
+    (policy,) = example_policies(EXAMPLE_PATHS[-1])[:1]
+    regions = PolicyRegions(HEADER_SPACE, [r.match.cube for r in policy.rules])
+    point = Packet.make(
+        family=4, ip_proto=6, ip4_src=0x0A0A000A, ip4_dst=0x0A0A0002, sport=40000, dport=443
+    ).values
+    exact = megaflow(regions, point, EXACT_5TUPLE)
+    wide = megaflow(regions, point, MEGAFLOW)
+    assert exact is not None and wide is not None
+    for name in ("ip4_src", "ip4_dst", "sport", "dport", "ip_proto"):
+        assert exact.cube.sets[HEADER_SPACE.index[name]].size() == 1
+    assert all(e.is_subset(w) for e, w in zip(exact.cube.sets, wide.cube.sets, strict=True))
+    assert wide.cube != exact.cube
