@@ -141,8 +141,7 @@ def test_example_megaflows_are_proven_and_checked_by_the_interpreter(path: Path)
                 # Packets drawn from the cube: the interpreter agrees.
                 for _ in range(5):
                     sample = tuple(
-                        rng.choice([lo, hi])
-                        for lo, hi in (s.intervals[0] for s in flow.cube.sets)
+                        rng.choice([lo, hi]) for lo, hi in (s.intervals[0] for s in flow.cube.sets)
                     )
                     if flow.cube.contains(sample):
                         try:
