@@ -1,0 +1,284 @@
+"""The rule cache against the in-memory NIC model, on a fake clock.
+
+Soundness is held to the IR interpreter: after any sequence of misses, any
+packet the NIC model decides with a cache rule gets the policy's action.
+Eviction (idle, capacity), the insertion rate limit, the negative cache,
+revalidation on a policy update and reconciliation after a crash are each
+driven to their edge.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends.flower_rules import ROLE_CACHE, FlowerAction, FlowerFilter, FlowerMatch, action_for
+from backends.nic_profile import load_profile
+from compiler.frontend import compile_source
+from ir.interp import evaluate
+from ir.model import Action, Match, Policy
+from ir.packet import Packet
+from runtime.flow_cache import CacheConfig, FlowCache
+from runtime.nic_model import NicModel
+from tests.test_analysis import make_policy, rules
+from tests.test_packet_syntax import packets
+
+WEB = Path(__file__).resolve().parent.parent / "examples" / "web-tier.fw"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def web_policy(text: str | None = None) -> Policy:
+    result = compile_source(text if text is not None else WEB.read_text(), str(WEB))
+    assert result.program is not None
+    return result.program.policies[0]
+
+
+def tcp(src: str, dst: str, sport: int, dport: int, flags: int = 0x10) -> Packet:
+    def ip(text: str) -> int:
+        a, b, c, d = (int(x) for x in text.split("."))
+        return a << 24 | b << 16 | c << 8 | d
+
+    return Packet.make(
+        family=4,
+        ip_proto=6,
+        ip4_src=ip(src),
+        ip4_dst=ip(dst),
+        sport=sport,
+        dport=dport,
+        tcp_flags=flags,
+    )
+
+
+def setup(
+    policy: Policy | None = None,
+    *,
+    profile_overrides: dict[str, str] | None = None,
+    **config: Any,
+) -> tuple[FlowCache, NicModel, Clock]:
+    clock = Clock()
+    profile = load_profile("software", profile_overrides or {})
+    model = NicModel(profile, clock=clock)
+    cache = FlowCache(
+        policy or web_policy(),
+        profile,
+        model,
+        CacheConfig(**config),
+        clock=clock,
+    )
+    return cache, model, clock
+
+
+def assert_sound(cache: FlowCache, model: NicModel, probes: list[Packet]) -> None:
+    for packet in probes:
+        f = model.classify(packet)
+        if f is not None:
+            assert f.action == action_for(evaluate(cache.policy, packet).action), packet
+
+
+# --------------------------------------------------------------- soundness
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(rules(), min_size=1, max_size=8),
+    st.sampled_from(["allow", "drop"]),
+    st.lists(packets(), min_size=1, max_size=12),
+    st.lists(packets(), min_size=1, max_size=30),
+    st.sampled_from(["megaflow", "exact"]),
+)
+def test_whatever_misses_arrive_the_cache_stays_sound(
+    specs: list[tuple[Match, Action]],
+    default: str,
+    misses: list[Packet],
+    probes: list[Packet],
+    mode: str,
+) -> None:
+    policy = make_policy(specs, default)
+    cache, model, _clock = setup(policy, mode=mode, max_insert_rate=None)
+    for packet in misses:
+        cache.on_miss(packet.values)
+        # The packet that caused the miss is now decided by the cache.
+        assert cache.lookup(packet.values) is not None
+        assert model.classify(packet) is not None
+    assert_sound(cache, model, probes + misses)
+    # The cache's own index and the model's first-match agree on every probe.
+    for packet in probes:
+        entry = cache.lookup(packet.values)
+        hit = model.classify(packet)
+        assert (entry is None) == (hit is None)
+
+
+def test_a_flow_installs_one_rule_and_its_megaflow_covers_its_neighbours() -> None:
+    cache, model, _clock = setup()
+    first = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)  # office -> web: mirror
+    assert cache.on_miss(first.values) == "installed"
+    assert cache.on_miss(first.values) == "covered"
+    neighbour = tcp("198.51.100.9", "10.10.1.11", 40001, 8080)
+    assert cache.lookup(neighbour.values) is not None
+    (entry,) = cache.entries.values()
+    assert entry.filter.cookie is not None and entry.filter.cookie.role == ROLE_CACHE
+    assert cache.policy.rules[entry.flow.rule].origin.line == entry.filter.origin.line  # type: ignore[union-attr]
+    assert model.occupancy == 1
+
+
+def test_megaflow_needs_far_fewer_rules_than_exact_5tuple() -> None:
+    flows = [tcp(f"198.51.100.{i % 200}", "10.10.1.11", 30000 + i, 8080) for i in range(300)]
+    counts = {}
+    for mode in ("megaflow", "exact"):
+        cache, model, _clock = setup(mode=mode, max_insert_rate=None)
+        for f in flows:
+            cache.on_miss(f.values)
+        counts[mode] = model.occupancy
+    assert counts["exact"] == 300
+    assert counts["megaflow"] * 10 <= counts["exact"]
+
+
+# ----------------------------------------------------------------- eviction
+def test_idle_rules_are_evicted_and_busy_ones_kept() -> None:
+    cache, model, clock = setup(max_idle=30.0)
+    busy = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)
+    quiet = tcp("10.10.0.2", "10.10.1.12", 40000, 8080)  # lb -> web health check
+    cache.on_miss(busy.values)
+    cache.on_miss(quiet.values)
+    assert model.occupancy == 2
+    for _ in range(4):
+        clock.now += 10
+        model.classify(busy)
+        assert cache.expire() == 0 or model.occupancy == 1
+    assert model.occupancy == 1
+    assert cache.lookup(busy.values) is not None and cache.lookup(quiet.values) is None
+    assert cache.stats["evictions_idle"] == 1
+    clock.now += 31
+    assert cache.expire() == 1 and model.occupancy == 0
+
+
+def test_capacity_evicts_the_least_recently_used() -> None:
+    cache, model, clock = setup(capacity=2, max_insert_rate=None)
+    a = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)
+    b = tcp("10.10.0.2", "10.10.1.12", 40000, 8080)
+    c = tcp("10.10.1.11", "10.10.2.20", 40000, 9000)
+    cache.on_miss(a.values)
+    clock.now += 1
+    cache.on_miss(b.values)
+    clock.now += 1
+    model.classify(a)
+    cache.expire()  # reads a's recent hit
+    cache.on_miss(c.values)
+    assert model.occupancy == 2
+    assert cache.lookup(b.values) is None and cache.lookup(a.values) is not None
+    assert cache.stats["evictions_lru"] == 1
+
+
+def test_insertion_rate_limit() -> None:
+    cache, _model, clock = setup(max_insert_rate=2.0)
+    flows = [
+        tcp("198.51.100.7", "10.10.1.11", 40000, 8080),
+        tcp("10.10.0.2", "10.10.1.12", 1, 8080),
+    ]
+    flows.append(tcp("10.10.1.11", "10.10.2.20", 40000, 9000))
+    outcomes = [cache.on_miss(f.values) for f in flows]
+    assert outcomes == ["installed", "installed", "rate"]
+    clock.now += 1
+    assert cache.on_miss(flows[2].values) == "installed"
+
+
+def test_refusals_go_to_the_negative_cache_not_a_retry_storm() -> None:
+    cache, model, clock = setup(
+        profile_overrides={"max_rules": "1"}, capacity=10, max_insert_rate=None, negative_ttl=5.0
+    )
+    first = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)
+    second = tcp("10.10.1.11", "10.10.2.20", 40000, 9000)
+    assert cache.on_miss(first.values) == "installed"
+    assert cache.on_miss(second.values) == "refused"
+    inserts = model.inserts + sum(model.refusals.values())
+    for _ in range(1000):
+        assert cache.on_miss(second.values) == "negative"
+    assert model.inserts + sum(model.refusals.values()) == inserts  # the device was not asked
+    clock.now += 6
+    assert cache.on_miss(second.values) == "refused"
+    assert cache.stats["install_failures"] == 2
+
+
+def test_admission_after_n_packets() -> None:
+    cache, _model, _clock = setup(admit_after=3)
+    flow = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)
+    assert [cache.on_miss(flow.values) for _ in range(3)] == ["admission", "admission", "installed"]
+
+
+def test_event_storm_of_one_flow_installs_once() -> None:
+    cache, model, _clock = setup()
+    flow = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)
+    outcomes = [cache.on_miss(flow.values) for _ in range(10_000)]
+    assert outcomes.count("installed") == 1 and model.inserts == 1
+
+
+def test_events_of_an_older_generation_are_dropped() -> None:
+    cache, model, _clock = setup()
+    flow = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)
+    assert cache.on_miss(flow.values, generation=cache.generation - 1) == "stale"
+    assert model.occupancy == 0
+
+
+# ------------------------------------------------------------- revalidation
+V2 = WEB.read_text().replace(
+    "allow tcp from lb to webs dport 8080", "drop tcp from lb to webs dport 8080"
+)
+
+
+def test_policy_update_deletes_exactly_the_changed_rules() -> None:
+    cache, model, _clock = setup(max_insert_rate=None)
+    health = tcp("10.10.0.2", "10.10.1.12", 40000, 8080)  # changes: allow -> drop
+    office = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)  # unchanged (mirror)
+    api = tcp("10.10.1.11", "10.10.2.20", 40000, 9000)  # unchanged (allow)
+    for p in (health, office, api):
+        cache.on_miss(p.values)
+    new = web_policy(V2)
+    kept, deleted = cache.update_policy(new, generation=2)
+    assert (kept, deleted) == (2, 1)
+    assert cache.lookup(health.values) is None
+    assert model.classify(health) is None  # back to the slow path
+    assert_sound(cache, model, [health, office, api])
+    assert cache.on_miss(health.values) == "installed"
+    assert model.classify(health).action == FlowerAction("drop")  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------- reconciliation
+def test_restart_adopts_sound_rules_and_deletes_the_rest() -> None:
+    cache, model, clock = setup(max_insert_rate=None)
+    flows = [
+        tcp("10.10.0.2", "10.10.1.12", 40000, 8080),
+        tcp("198.51.100.7", "10.10.1.11", 40000, 8080),
+        tcp("10.10.1.11", "10.10.2.20", 40000, 9000),
+    ]
+    for p in flows:
+        cache.on_miss(p.values)
+    foreign = FlowerFilter(0, 500, 7, FlowerMatch(0x0800), FlowerAction("trap", chain=1))
+    model.add([foreign])
+    # The agent dies (no cleanup); a new one starts on the updated policy.
+    restarted = FlowCache(web_policy(V2), model.profile, model, CacheConfig(), clock=clock)
+    adopted, deleted = restarted.reconcile()
+    assert (adopted, deleted) == (2, 1)
+    assert {(f.filter.prio, f.filter.handle) for f in model.dump()} == {
+        *restarted.entries,
+        (500, 7),
+    }
+    assert_sound(restarted, model, flows)
+    # New rules do not collide with adopted handles.
+    assert restarted.on_miss(flows[0].values) == "installed"
+    assert len({e.filter.handle for e in restarted.entries.values()}) == 3
+    assert restarted.remove_all() == 3
+    assert [f.filter for f in model.dump()] == [foreign]
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        setup(mode="turbo")
