@@ -9,6 +9,7 @@ driven to their edge.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +283,24 @@ def test_restart_adopts_sound_rules_and_deletes_the_rest() -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="mode"):
         setup(mode="turbo")
+
+
+# ----------------------------------------------------------------- simulate
+def test_simulate_cli_compares_megaflow_and_exact(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from compiler.cli import main
+
+    trace = tmp_path / "trace.txt"
+    lines = [f"tcp 198.51.100.{i % 50}:{30000 + i} -> 10.10.1.11:8080" for i in range(400)]
+    trace.write_text("\n".join(lines * 3) + "\n")
+    code = main(["simulate", "--policy", str(WEB), "--trace", str(trace), "--json"])
+    rows = {r["mode"]: r for r in json.loads(capsys.readouterr().out)}
+    assert code == 0
+    assert rows["exact"]["rules_installed"] == 400
+    assert rows["megaflow"]["rules_installed"] * 10 <= rows["exact"]["rules_installed"]
+    assert rows["megaflow"]["hit_ratio"] >= rows["exact"]["hit_ratio"]
+    trace.write_text("tcp 198.51.100.1:1 -> 10.10.1.11:8080\ntcp 1.2.3:4 -> 5.6.7.8:9\n")
+    code = main(["simulate", "--policy", str(WEB), "--trace", str(trace)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{trace}:2:" in err and "^" in err

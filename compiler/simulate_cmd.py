@@ -1,0 +1,154 @@
+"""``flowc simulate``: a packet trace through slow path + rule cache, megaflow vs exact.
+
+The trace is either ``flowc eval`` packet lines or a ClassBench trace (five
+numbers per line: source, destination, source port, destination port,
+protocol). A bad line stops the run with file:line:col and a caret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from compiler.classbench import ClassBenchError, parse_trace
+from compiler.packet_syntax import PacketSyntaxError, parse_packet
+from ir.fields import PORT_PROTOCOLS
+from ir.packet import Packet
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+class TraceError(ValueError):
+    """A trace line that cannot be read (the message has file:line:col and a caret)."""
+
+
+def read_trace(path: str) -> list[Packet]:
+    """Every packet of the trace file at ``path``."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise TraceError(f"{path}: {err.strerror}") from None
+    lines = text.splitlines()
+    first = next((line for line in lines if line.split("#", 1)[0].strip()), "")
+    if first and all(tok.isdigit() for tok in first.split()):
+        try:
+            return [_classbench_packet(p) for p in parse_trace(lines)]
+        except ClassBenchError as err:
+            raise TraceError(f"{path}:{err.line}: error: {err.message}") from None
+    return list(_eval_packets(path, lines))
+
+
+def _classbench_packet(p: Any) -> Packet:
+    fields: dict[str, int] = {
+        "family": 4,
+        "ip_proto": p.proto,
+        "ip4_src": p.sip,
+        "ip4_dst": p.dip,
+    }
+    if p.proto in PORT_PROTOCOLS:
+        fields |= {"sport": p.sport, "dport": p.dport}
+    return Packet.make(**fields)
+
+
+def _eval_packets(path: str, lines: list[str]) -> Iterator[Packet]:
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            yield parse_packet(line)
+        except PacketSyntaxError as exc:
+            column = raw.find(line) + exc.column
+            raise TraceError(
+                f"{path}:{lineno}:{column}: error: {exc.message}\n"
+                f"    {raw}\n    {' ' * (column - 1)}^"
+            ) from None
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """``flowc simulate``."""
+    from compiler.cli import _compile_or_report, _select_policy, profile_from_args
+    from runtime.flow_cache import CacheConfig
+    from runtime.simulate import simulate
+
+    result, status = _compile_or_report(args.policy)
+    if status or result.program is None:
+        return EXIT_USAGE
+    policy = _select_policy(result.program, args.hook)
+    profile = profile_from_args(args)
+    try:
+        packets = read_trace(args.trace)
+    except TraceError as err:
+        print(f"flowc: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    modes = ["megaflow", "exact"] if args.mode == "both" else [args.mode]
+    rows = []
+    for mode in modes:
+        config = CacheConfig(
+            mode=mode,
+            max_idle=args.max_idle,
+            capacity=args.capacity,
+            max_insert_rate=args.max_insert_rate,
+            admit_after=args.admit_after,
+        )
+        rows.append(simulate(policy, packets, profile, config, pps=args.pps))
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "mode": r.mode,
+                        "packets": r.packets,
+                        "hit_ratio": round(r.hit_ratio, 6),
+                        "rules_installed": r.installs,
+                        "evictions": r.evictions,
+                        "refusals": r.refusals,
+                        "peak_occupancy": r.peak_occupancy,
+                        "distinct_masks": r.distinct_masks,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    print(
+        f"simulate {policy.name}: {len(packets)} packets at {args.pps:g}/s, profile "
+        f"{profile.name}, max idle {args.max_idle:g} s"
+    )
+    print(f"{'':22}" + "".join(f"{r.mode:>14}" for r in rows))
+    for label, values in (
+        ("hit ratio", [f"{r.hit_ratio:.4f}" for r in rows]),
+        ("rules installed", [str(r.installs) for r in rows]),
+        ("evictions", [str(r.evictions) for r in rows]),
+        ("install refusals", [str(r.refusals) for r in rows]),
+        ("peak occupancy", [str(r.peak_occupancy) for r in rows]),
+        ("distinct masks (end)", [str(r.distinct_masks) for r in rows]),
+    ):
+        print(f"{label:22}" + "".join(f"{v:>14}" for v in values))
+    return EXIT_OK
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``simulate`` on the CLI's subcommand parser."""
+    p = sub.add_parser(
+        "simulate", help="replay a trace through slow path + rule cache (megaflow vs exact)"
+    )
+    p.add_argument("--policy", required=True, metavar="POLICY")
+    p.add_argument("--trace", required=True, metavar="FILE", help="eval packet lines or ClassBench")
+    p.add_argument("--hook", metavar="NAME")
+    p.add_argument("--profile", default="software")
+    p.add_argument("--profile-set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--mode", choices=["megaflow", "exact", "both"], default="both")
+    p.add_argument("--max-idle", type=float, default=30.0, help="seconds (default 30)")
+    p.add_argument("--capacity", type=int, help="cache rules at most (default: profile)")
+    p.add_argument("--max-insert-rate", type=float, default=1000.0, help="rules/s (default 1000)")
+    p.add_argument("--admit-after", type=int, default=1, help="slow-path packets before a rule")
+    p.add_argument("--pps", type=float, default=10_000.0, help="trace packets per second")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_simulate)
