@@ -31,19 +31,9 @@ def _flower_filters(args: argparse.Namespace, policy: Policy) -> tuple[list[Any]
     """The rule list to check, what it is in words, and the NIC profile that
     produced it: a tc JSON file (no profile), or flowc's own lowering."""
     from backends import flower
-    from backends.flower_text import FlowerTextError, parse_tc_json
 
     if args.flower:
-        try:
-            text = Path(args.flower).read_text()
-        except OSError as err:
-            raise _InputError(f"{args.flower}: {err.strerror}") from None
-        try:
-            return parse_tc_json(json.loads(text)), f"{args.flower}", None
-        except json.JSONDecodeError as err:
-            raise _InputError(f"{args.flower}:{err.lineno}:{err.colno}: {err.msg}") from None
-        except FlowerTextError as err:
-            raise _InputError(f"{args.flower}: {err}") from None
+        return _read_tc_json(args.flower), f"{args.flower}", None
     from compiler.cli import profile_from_args
 
     profile = profile_from_args(args)
@@ -58,6 +48,39 @@ def _flower_filters(args: argparse.Namespace, policy: Policy) -> tuple[list[Any]
 
 class _InputError(Exception):
     pass
+
+
+def _read_tc_json(path: str) -> list[Any]:
+    """The filters of a `tc -j filter show` file; _InputError says precisely why not."""
+    from backends.flower_text import FlowerTextError, parse_tc_json
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise _InputError(f"{path}: {err.strerror}") from None
+    try:
+        return parse_tc_json(json.loads(text))
+    except json.JSONDecodeError as err:
+        raise _InputError(f"{path}:{err.lineno}:{err.colno}: {err.msg}") from None
+    except FlowerTextError as err:
+        raise _InputError(f"{path}: {err}") from None
+
+
+def _rule_json(rule: Any) -> dict[str, Any]:
+    """The DSL rule a verdict came from, for JSON reports."""
+    return {"file": rule.origin.file, "line": rule.origin.line, "text": rule.origin.text}
+
+
+def _flower_counterexample_json(ce: Any) -> dict[str, Any]:
+    """A flower counterexample (verify's or an audit finding's) for JSON reports."""
+    return {
+        "packet": format_packet(ce.packet),
+        "policy": ce.policy_verdict,
+        "flower": ce.flower_verdict,
+        "rule": _rule_json(ce.rule),
+        "filter": {"chain": ce.filter.chain, "prio": ce.filter.prio, "handle": ce.filter.handle},
+        "reason": ce.reason,
+    }
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -97,22 +120,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         }
         if flower_result.counterexample is not None:
             ce = flower_result.counterexample
-            entry["counterexample"] = {
-                "packet": format_packet(ce.packet),
-                "policy": ce.policy_verdict,
-                "flower": ce.flower_verdict,
-                "rule": {
-                    "file": ce.rule.origin.file,
-                    "line": ce.rule.origin.line,
-                    "text": ce.rule.origin.text,
-                },
-                "filter": {
-                    "chain": ce.filter.chain,
-                    "prio": ce.filter.prio,
-                    "handle": ce.filter.handle,
-                },
-                "reason": ce.reason,
-            }
+            entry["counterexample"] = _flower_counterexample_json(ce)
             lines += [
                 f"flower: NOT EQUIVALENT ({where})",
                 f"  packet:  {format_packet(ce.packet)}",
@@ -207,11 +215,7 @@ def _verify_bpf(
             "packet": format_packet(ce.packet),
             "policy": str(ce.rule.action),
             "bpf": ce.bpf_verdict,
-            "rule": {
-                "file": ce.rule.origin.file,
-                "line": ce.rule.origin.line,
-                "text": ce.rule.origin.text,
-            },
+            "rule": _rule_json(ce.rule),
         }
         lines += [
             "bpf: NOT EQUIVALENT",
@@ -288,18 +292,8 @@ def _installed_filters(
 ) -> tuple[list[Any], list[str], str]:
     """The filters to audit (from the device, or a tc JSON file), the reasons
     some could not be read, and where they came from in words."""
-    from backends.flower_text import FlowerTextError, parse_tc_json
-
     if args.filters:
-        try:
-            text = Path(args.filters).read_text()
-            return parse_tc_json(json.loads(text)), [], args.filters
-        except OSError as err:
-            raise _InputError(f"{args.filters}: {err.strerror}") from None
-        except json.JSONDecodeError as err:
-            raise _InputError(f"{args.filters}:{err.lineno}:{err.colno}: {err.msg}") from None
-        except FlowerTextError as err:
-            raise _InputError(f"{args.filters}: {err}") from None
+        return _read_tc_json(args.filters), [], args.filters
     from runtime.flower_installer import FlowerInstaller, FlowerInstallError
 
     direction = args.direction or policy.hook.direction
@@ -314,7 +308,7 @@ def _installed_filters(
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """``flowc audit``."""
-    from backends.flower_verify import STALE, UNCHECKED, UNSOUND, audit, describe_action
+    from backends.flower_verify import SOUND, STALE, UNCHECKED, UNSOUND, audit, describe_action
     from compiler.cli import _compile_or_report, _select_policy
 
     result, status = _compile_or_report(args.policy)
@@ -334,14 +328,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     found = audit(policy, filters, generation=generation)
     elapsed = time.perf_counter() - start
-    counts = {s: len(found.with_status(s)) for s in ("sound", STALE, UNSOUND, UNCHECKED)}
+    counts = {s: len(found.with_status(s)) for s in (SOUND, STALE, UNSOUND, UNCHECKED)}
     if counts[UNSOUND]:
         code = EXIT_COUNTEREXAMPLE
     elif counts[UNCHECKED] or unreadable or not found.settled:
         code = EXIT_CANNOT_RUN
     else:
         code = EXIT_OK
-    problems = [a for a in found.findings if a.status != "sound"]
+    problems = [a for a in found.findings if a.status != SOUND]
     if args.json:
         report: dict[str, Any] = {
             "policy": policy.name,
@@ -355,9 +349,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
             "unreadable": unreadable,
             "seconds": round(elapsed, 3),
         }
-        first = next((a for a in problems if a.counterexample is not None), None)
+        first = next((a.counterexample for a in problems if a.counterexample is not None), None)
         if first is not None:
-            report["counterexample"] = _finding_json(first)["counterexample"]
+            report["counterexample"] = _flower_counterexample_json(first)
         print(json.dumps(report, indent=2))
     else:
         gen = "" if generation is None else f", generation {generation}"
@@ -402,20 +396,8 @@ def _finding_json(a: Any) -> dict[str, Any]:
     }
     if f.cookie is not None:
         out["cookie"] = {"generation": f.cookie.generation, "rule": f.cookie.rule}
-    ce = a.counterexample
-    if ce is not None:
-        out["counterexample"] = {
-            "packet": format_packet(ce.packet),
-            "policy": ce.policy_verdict,
-            "flower": ce.flower_verdict,
-            "rule": {
-                "file": ce.rule.origin.file,
-                "line": ce.rule.origin.line,
-                "text": ce.rule.origin.text,
-            },
-            "filter": {"chain": f.chain, "prio": f.prio, "handle": f.handle},
-            "reason": ce.reason,
-        }
+    if a.counterexample is not None:
+        out["counterexample"] = _flower_counterexample_json(a.counterexample)
     return out
 
 
