@@ -21,7 +21,7 @@ no rule list records, so such a list cannot be proven equivalent.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 from backends.flower_rules import (
@@ -115,6 +115,11 @@ def _decision(action: FlowerAction) -> Hashable:
     return ANY if action.kind == TRAP else action
 
 
+def _policy_entries(policy: Policy) -> list[Entry]:
+    """The policy as a first-match list deciding flower actions."""
+    return [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
+
+
 def _filter_cube(f: FlowerFilter) -> Cube | None:
     try:
         return f.match.cube()
@@ -131,7 +136,7 @@ def first_match_lists(
 
     Raises FlowerCheckError for a filter whose keys the IR cannot express.
     """
-    left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
+    left = _policy_entries(policy)
     right: list[Entry] = []
     kept: list[FlowerFilter] = []
     for f in ordered(filters):
@@ -187,25 +192,33 @@ def _same_priority_conflict(
     filters: Sequence[FlowerFilter], cubes: Sequence[Cube]
 ) -> tuple[tuple[int, ...], int, int] | None:
     """Two filters of one priority that some packet matches both of, acting differently."""
+    for a, b, both in _same_priority_overlaps(filters, cubes):
+        if is_feasible(HEADER_SPACE, both):
+            point = witness(HEADER_SPACE, both)
+            assert point is not None
+            return point, a, b
+    return None
+
+
+def _same_priority_overlaps(
+    filters: Sequence[FlowerFilter], cubes: Sequence[Cube]
+) -> Iterator[tuple[int, int, Cube]]:
+    """Pairs (a, b), a before b, of filters of one priority that act differently
+    and whose cubes intersect, with the intersection."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i, f in enumerate(filters):
         groups[f.prio].append(i)
     for members in groups.values():
         if len({filters[i].action for i in members}) < 2:
             continue
-        group_cubes = [cubes[i] for i in members]
-        index = OverlapIndex(HEADER_SPACE, group_cubes)
+        index = OverlapIndex(HEADER_SPACE, [cubes[i] for i in members])
         for a in range(len(members)):
             for b in index.candidates(a, a + 1, len(members)):
-                fa, fb = filters[members[a]], filters[members[b]]
-                if fa.action == fb.action:
+                if filters[members[a]].action == filters[members[b]].action:
                     continue
-                both = intersect(group_cubes[a], group_cubes[b])
-                if both is not None and is_feasible(HEADER_SPACE, both):
-                    point = witness(HEADER_SPACE, both)
-                    assert point is not None
-                    return point, members[a], members[b]
-    return None
+                both = intersect(cubes[members[a]], cubes[members[b]])
+                if both is not None:
+                    yield members[a], members[b], both
 
 
 # Audit statuses of one installed filter.
@@ -281,7 +294,7 @@ def audit(
     their packets (a SOUND verdict stays a proof).
     """
     chain0 = ordered(f for f in filters if f.chain == 0)
-    left = [Entry(r.match.cube, action_for(r.action)) for r in policy.rules]
+    left = _policy_entries(policy)
     right: list[Entry] = []
     kept: list[int] = []
     unchecked: dict[int, str] = {}
@@ -336,29 +349,19 @@ def _ambiguous_pairs(
     actions, and a packet matching both that no filter of an earlier priority
     takes: the kernel decides it by mask creation order. False when a search
     for such a packet ran out of steps."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for pos, i in enumerate(kept):
-        groups[chain0[i].prio].append(pos)
+    kept_filters = [chain0[i] for i in kept]
+    group_start: dict[int, int] = {}
+    for pos, f in enumerate(kept_filters):
+        group_start.setdefault(f.prio, pos)
     found = []
     settled = True
     taken: FirstMatch | None = None
-    for members in groups.values():
-        if len({chain0[kept[pos]].action for pos in members}) < 2:
-            continue
-        index = OverlapIndex(HEADER_SPACE, [right[pos].cube for pos in members])
-        for a in range(len(members)):
-            for b in index.candidates(a, a + 1, len(members)):
-                fa, fb = chain0[kept[members[a]]], chain0[kept[members[b]]]
-                if fa.action == fb.action:
-                    continue
-                both = intersect(right[members[a]].cube, right[members[b]].cube)
-                if both is None:
-                    continue
-                taken = taken or FirstMatch(HEADER_SPACE, right)
-                point, done = _reaching_point(taken, both, members[0], step_limit)
-                settled = settled and done
-                if point is not None:
-                    found.append((kept[members[a]], kept[members[b]], point))
+    for a, b, both in _same_priority_overlaps(kept_filters, [e.cube for e in right]):
+        taken = taken or FirstMatch(HEADER_SPACE, right)
+        point, done = _reaching_point(taken, both, group_start[kept_filters[a].prio], step_limit)
+        settled = settled and done
+        if point is not None:
+            found.append((kept[a], kept[b], point))
     return found, settled
 
 
