@@ -185,19 +185,10 @@ def compare(
             return outcome
         hits = (sides[0].first(point), sides[1].first(point))
         if blame and hits[1] in blamed:
-            # Hold only the right side: the blamed entry (or default) decides the region.
-            j = hits[1]
-            region = piece
-            if j is not None:
-                both = intersect(piece, sides[1].cubes[j])
-                assert both is not None
-                region = both
-            stop = len(sides[1].entries) if j is None else j
-            # Cut every earlier entry, same decision or not: they decide their
-            # own packets, and each must get its own chance to be blamed.
-            for k in sides[1].earlier_meeting(region, stop):
-                if intersect(region, sides[1].cubes[k]) is not None:
-                    region = _cut(region, sides[1].cubes[k], point)
+            # Hold only the right side, and its entry rather than its decision:
+            # earlier entries of the same decision decide their own packets,
+            # and each must get its own chance to be blamed.
+            region = _hold(space, piece, point, sides[1], hits[1], _NO_DECISION)
             residual.extend(subtract(space, piece, region))
             continue
         decisions = tuple(
@@ -206,13 +197,7 @@ def compare(
         )
         region = piece
         for s in _sides_to_hold(decisions, collect):
-            hit = hits[s]
-            stop = len(sides[s].entries) if hit is None else hit
-            if hit is not None:
-                both = intersect(region, sides[s].cubes[hit])
-                assert both is not None
-                region = both
-            region = _narrow(space, region, point, sides[s], stop, decisions[s])
+            region = _hold(space, region, point, sides[s], hits[s], decisions[s])
         if not agree(decisions[0], decisions[1]):
             outcome.divergences.append(Divergence(point, hits[0], hits[1], region))
             if blame:
@@ -241,12 +226,28 @@ def _sides_to_hold(decisions: tuple[Hashable, ...], collect: bool) -> tuple[int,
     return (0, 1)
 
 
-def _narrow(
-    space: Space, region: Cube, point: Point, side: FirstMatch, stop: int, decision: Hashable
+# A decision no entry has: holding it cuts away every earlier entry.
+_NO_DECISION: Hashable = object()
+
+
+def _hold(
+    space: Space,
+    region: Cube,
+    point: Point,
+    side: FirstMatch,
+    hit: int | None,
+    decision: Hashable,
 ) -> Cube:
-    """Cut from ``region`` every entry before ``stop`` that would decide some of
-    its packets differently from ``decision`` (ANY entries differ from a
-    concrete decision too: the side's verdict must be one value on the region)."""
+    """Narrow ``region`` to packets the side decides with entry ``hit`` (None: its
+    default) or, at least, with ``decision``: keep inside the hit entry and cut
+    every earlier entry that would decide some of them differently (ANY
+    entries differ from a concrete decision too: the side's verdict must be one
+    value on the region)."""
+    stop = len(side.entries) if hit is None else hit
+    if hit is not None:
+        both = intersect(region, side.cubes[hit])
+        assert both is not None
+        region = both
     for k in side.earlier_meeting(region, stop):
         entry = side.entries[k]
         if entry.decision == decision:
