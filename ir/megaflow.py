@@ -251,7 +251,7 @@ class _Context:
         if not self.meets(masks, obstacle):
             return
         best: tuple[int, list[int]] | None = None
-        before = sum(_popcount(m) for m in masks)
+        before = sum(m.bit_count() for m in masks)
         for i, fld in enumerate(self.space.fields):
             if not self.exists[i]:
                 continue
@@ -266,7 +266,7 @@ class _Context:
                         continue
                 elif self.meets(trial, obstacle):
                     continue
-                loss = sum(_popcount(t) for t in trial) - before
+                loss = sum(t.bit_count() for t in trial) - before
                 if best is None or loss < best[0]:
                     best = (loss, trial)
                 break
@@ -279,7 +279,7 @@ def _candidates(width: int, shape: FieldShape, current: int) -> list[int]:
     """Masks holding ``current``'s bits, widest block first."""
     if shape.kind == BITS:
         masks = [m for m in range(1 << width) if m & current == current]
-        return sorted(masks, key=lambda m: (bin(m).count("1"), m))
+        return sorted(masks, key=lambda m: (m.bit_count(), m))
     assert shape.lengths is not None
     out = []
     for n in shape.lengths:
@@ -301,7 +301,7 @@ def _wider(width: int, shape: FieldShape, current: int) -> list[int]:
     """Masks with fewer bits than ``current`` (held by it), widest first."""
     if shape.kind == BITS:
         subs = [m for m in range(1 << width) if m & current == m and m != current]
-        return sorted(subs, key=lambda m: (_popcount(m), m))
+        return sorted(subs, key=lambda m: (m.bit_count(), m))
     assert shape.lengths is not None
     return [
         mask_of_length(width, n)
@@ -344,7 +344,3 @@ def _inside_region(regions: PolicyRegions, q: Cube, rule: int) -> bool:
         if both is not None and is_feasible(space, both):
             return False
     return True
-
-
-def _popcount(m: int) -> int:
-    return bin(m).count("1")

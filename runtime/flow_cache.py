@@ -39,7 +39,7 @@ from __future__ import annotations
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from backends.flower import expand
@@ -66,6 +66,7 @@ from ir.megaflow import (
 from ir.model import Policy
 from ir.packet import Point
 from runtime.flower_installer import FlowerInstallError
+from runtime.token_bucket import TokenBucket
 
 MODES = {"megaflow": MEGAFLOW, "exact": EXACT_5TUPLE}
 # Priorities of cache rules, one per ethertype (flower wants one protocol per priority).
@@ -99,22 +100,6 @@ class CacheEntry:
     bytes: int = 0
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    stamp: float
-
-
-@dataclass
-class CacheStats:
-    """Counters the agent exports as metrics."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def __getitem__(self, name: str) -> int:
-        return self.counts[name]
-
-
 class FlowCache:
     """Megaflow (or exact 5-tuple) cache rules on a flower table."""
 
@@ -137,14 +122,15 @@ class FlowCache:
         self.shapes = MODES[config.mode]
         self.capacity = config.capacity or profile.max_rules
         self.flags = config.flags or profile.install_flags
-        self.stats = CacheStats()
+        self.stats: Counter[str] = Counter()  # what the agent exports as metrics
         self.entries: dict[tuple[int, int], CacheEntry] = {}  # (prio, handle) -> entry
         # Tuple-space index over installed cubes: masks -> {masked point: key}.
         self.by_mask: dict[tuple[int, ...], dict[tuple[int, ...], tuple[int, int]]] = {}
         self.admission: OrderedDict[Point, int] = OrderedDict()
         self.negative: list[tuple[Cube, float]] = []
         self.next_handle = 1
-        self.bucket = _Bucket(config.max_insert_rate or 0.0, clock())
+        self.bucket = TokenBucket(config.max_insert_rate, clock())
+        self.prio_of: dict[int, int] = {}  # ethertype -> priority of its cache rules
         self.peak_occupancy = 0
         self._set_policy(policy, generation)
 
@@ -171,7 +157,7 @@ class FlowCache:
         what happened (installed, covered, stale, admission, negative, rate,
         refused, unexpressible)."""
         now = self.clock()
-        self.stats.counts["misses"] += 1
+        self.stats["misses"] += 1
         if generation is not None and generation != self.generation:
             # Decided by the previous policy during a swap: its rule id means
             # something else now, so the event is dropped (the next packet
@@ -192,25 +178,24 @@ class FlowCache:
         match = self._match(flow)
         if match is None:
             return self._count("unexpressible")
-        if not self._take_token(now):
+        if not self.bucket.take(now):
             return self._count("rate")
         if self.occupancy >= self.capacity:
             self._evict_lru(self.occupancy - self.capacity + 1)
         f = self._filter(flow, match)
         try:
             self.installer.add([f])
-        except FlowerInstallError as err:
-            self.stats.counts["install_failures"] += 1
+        except FlowerInstallError:
+            self.stats["install_failures"] += 1
             self.negative.append((flow.cube, now + self.config.negative_ttl))
             self._trim_negative(now)
-            self.last_refusal = str(err)
             return "refused"
         self._remember(CacheEntry(f, flow, now, now))
-        self.stats.counts["installs"] += 1
+        self.stats["installs"] += 1
         return "installed"
 
     def _count(self, outcome: str) -> str:
-        self.stats.counts[outcome] += 1
+        self.stats[outcome] += 1
         return outcome
 
     def _admitted(self, point: Point) -> bool:
@@ -225,28 +210,16 @@ class FlowCache:
     def _trim_negative(self, now: float) -> None:
         self.negative = [(c, until) for c, until in self.negative if until > now][-1024:]
 
-    def _take_token(self, now: float) -> bool:
-        rate = self.config.max_insert_rate
-        if rate is None:
-            return True
-        b = self.bucket
-        b.tokens = min(rate, b.tokens + (now - b.stamp) * rate)
-        b.stamp = now
-        if b.tokens < 1:
-            return False
-        b.tokens -= 1
-        return True
-
     def _share_mask(self, flow: Megaflow) -> Megaflow:
         """Take an installed mask signature that holds this megaflow's bits when
         it costs at most ``mask_slack`` bits, or at any cost at the mask budget."""
         if flow.masks in self.by_mask:
             return flow
-        own = sum(bin(m).count("1") for m in flow.masks)
+        own = sum(m.bit_count() for m in flow.masks)
         best: tuple[int, tuple[int, ...]] | None = None
         for masks in self.by_mask:
             if all(m & o == o for m, o in zip(masks, flow.masks, strict=True)):
-                extra = sum(bin(m).count("1") for m in masks) - own
+                extra = sum(m.bit_count() for m in masks) - own
                 if best is None or extra < best[0]:
                     best = (extra, masks)
         at_budget = len(self.by_mask) >= self.profile.max_masks
@@ -282,8 +255,7 @@ class FlowCache:
         )
 
     def _prio(self, protocol: int) -> int:
-        order = self.prio_of.setdefault(protocol, CACHE_PRIO_BASE + len(self.prio_of))
-        return order
+        return self.prio_of.setdefault(protocol, CACHE_PRIO_BASE + len(self.prio_of))
 
     def _remember(self, entry: CacheEntry) -> None:
         key = (entry.filter.prio, entry.filter.handle)
@@ -315,8 +287,8 @@ class FlowCache:
             try:
                 self.installer.delete([e.filter for e in gone])
             except FlowerInstallError:
-                self.stats.counts["delete_failures"] += 1
-            self.stats.counts[reason] += len(gone)
+                self.stats["delete_failures"] += 1
+            self.stats[reason] += len(gone)
         return len(gone)
 
     # ----------------------------------------------------------------- eviction
@@ -351,7 +323,6 @@ class FlowCache:
         self.policy = policy
         self.generation = generation
         self.regions = PolicyRegions(HEADER_SPACE, [r.match.cube for r in policy.rules])
-        self.prio_of: dict[int, int] = getattr(self, "prio_of", {})
 
     def update_policy(self, policy: Policy, generation: int) -> tuple[int, int]:
         """Switch to ``policy`` and revalidate every cache rule: delete those whose
@@ -366,7 +337,7 @@ class FlowCache:
         doomed: list[tuple[int, int]] = []
         relabel: list[tuple[tuple[int, int], int]] = []
         for key, entry in self.entries.items():
-            self.stats.counts["revalidations"] += 1
+            self.stats["revalidations"] += 1
             covered = entry.filter.match.cube()
             assert covered is not None
             # The diff is exact: a cube meeting no changed region keeps the
@@ -410,10 +381,7 @@ class FlowCache:
                 continue
             assert covered is not None and rule is not None
             point = tuple(s.intervals[0][0] for s in covered.sets)
-            masks = tuple(
-                0 if s.is_full() else _mask_of(s, fld.width)
-                for s, fld in zip(covered.sets, HEADER_SPACE.fields, strict=True)
-            )
+            masks = tuple(_mask_of(s) for s in covered.sets)
             flow = Megaflow(covered, masks, point, rule)
             last_seen = now - installed.last_used if installed.last_used is not None else now
             self.prio_of.setdefault(f.match.protocol, f.prio)
@@ -424,13 +392,13 @@ class FlowCache:
             try:
                 self.installer.delete(doomed)
             except FlowerInstallError:
-                self.stats.counts["delete_failures"] += 1
-        self.stats.counts["adopted"] += adopted
-        self.stats.counts["reconcile_deletes"] += len(doomed)
+                self.stats["delete_failures"] += 1
+        self.stats["adopted"] += adopted
+        self.stats["reconcile_deletes"] += len(doomed)
         return adopted, len(doomed)
 
 
-def _mask_of(values: Any, width: int) -> int:
+def _mask_of(values: Any) -> int:
     """The mask of a ternary value set (every cube a cache rule covers is one)."""
     ternary = values.as_ternary()
     if ternary is None:

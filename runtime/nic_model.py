@@ -31,6 +31,7 @@ from backends.nic_profile import NicProfile
 from ir.packet import Packet
 from runtime.flower_installer import FilterFailure, FlowerInstallError, Mismatch
 from runtime.flower_netlink import InstalledFilter
+from runtime.token_bucket import TokenBucket
 
 Key = tuple[int, int, int]
 
@@ -69,8 +70,7 @@ class NicModel:
         self.direction = direction
         self.slots: dict[Key, _Slot] = {}
         self.mask_refs: Counter[tuple[object, ...]] = Counter()
-        self._tokens = insert_rate if insert_rate is not None else 0.0
-        self._refilled = clock()
+        self._inserts = TokenBucket(insert_rate, clock())
         self._order: list[FlowerFilter] | None = None
         self.inserts = 0
         self.refusals: Counter[int] = Counter()
@@ -99,11 +99,8 @@ class NicModel:
                 failures.append(FilterFailure(f, *problem))
                 continue
             key = _key(f)
-            old = self.slots.get(key)
-            if old is not None:
-                self.mask_refs[old.filter.match.mask_signature()] -= 1
-                if not self.mask_refs[old.filter.match.mask_signature()]:
-                    del self.mask_refs[old.filter.match.mask_signature()]
+            if key in self.slots:
+                self._release(self.slots[key].filter)
             self.slots[key] = _Slot(dataclasses.replace(f, origin=None))
             self.mask_refs[f.match.mask_signature()] += 1
             self.inserts += 1
@@ -120,10 +117,7 @@ class NicModel:
                 if not missing_ok:
                     failures.append(FilterFailure(f, errno.ENOENT, "no such filter"))
                 continue
-            sig = slot.filter.match.mask_signature()
-            self.mask_refs[sig] -= 1
-            if not self.mask_refs[sig]:
-                del self.mask_refs[sig]
+            self._release(slot.filter)
             self._order = None
         if failures:
             raise FlowerInstallError(failures)
@@ -135,18 +129,16 @@ class NicModel:
         seconds since the last hit (None: never hit)."""
         now = self.clock()
         hardware = self.profile.install_flags != "skip_hw"
-        return [
-            InstalledFilter(
-                slot.filter,
-                slot.packets,
-                slot.bytes,
-                None if slot.last_hit is None else max(now - slot.last_hit, 0.0),
-                hardware and slot.filter.flags != "skip_hw",
-                1 if hardware and slot.filter.flags != "skip_hw" else 0,
+        out = []
+        for slot in sorted(self.slots.values(), key=lambda s: _key(s.filter)):
+            if chain is not None and slot.filter.chain != chain:
+                continue
+            in_hw = hardware and slot.filter.flags != "skip_hw"
+            last_used = None if slot.last_hit is None else max(now - slot.last_hit, 0.0)
+            out.append(
+                InstalledFilter(slot.filter, slot.packets, slot.bytes, last_used, in_hw, int(in_hw))
             )
-            for slot in sorted(self.slots.values(), key=lambda s: _key(s.filter))
-            if chain is None or slot.filter.chain == chain
-        ]
+        return out
 
     def verify(self, requested: Iterable[FlowerFilter]) -> list[Mismatch]:
         """Requested filters the table does not hold as requested."""
@@ -207,6 +199,13 @@ class NicModel:
         """Mask signatures in use."""
         return len(self.mask_refs)
 
+    def _release(self, f: FlowerFilter) -> None:
+        """Drop ``f``'s reference to its mask (freed with the last filter using it)."""
+        signature = f.match.mask_signature()
+        self.mask_refs[signature] -= 1
+        if not self.mask_refs[signature]:
+            del self.mask_refs[signature]
+
     # ---------------------------------------------------------------- limits
     def _refusal(self, f: FlowerFilter, replace: bool) -> tuple[int, str] | None:
         key = _key(f)
@@ -222,22 +221,9 @@ class NicModel:
         signature = f.match.mask_signature()
         if signature not in self.mask_refs and len(self.mask_refs) >= self.profile.max_masks:
             return errno.ENOSPC, f"no free mask ({self.profile.max_masks} masks in use)"
-        if not self._take_token():
+        if not self._inserts.take(self.clock()):
             return errno.EBUSY, f"insertion rate limit ({self.insert_rate:g}/s)"
         return None
-
-    def _take_token(self) -> bool:
-        if self.insert_rate is None:
-            return True
-        now = self.clock()
-        self._tokens = min(
-            self.insert_rate, self._tokens + (now - self._refilled) * self.insert_rate
-        )
-        self._refilled = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
 
 def _key(f: FlowerFilter) -> Key:
