@@ -369,9 +369,13 @@ class FlowCache:
                 continue
             covered = f.match.cube()
             rule = f.cookie.rule
+            # Adopted rules join the mask index, so each field must be one
+            # value/mask block (flowc's own cache rules always are).
+            ternaries = [s.as_ternary() for s in covered.sets] if covered is not None else []
             sound = (
                 covered is not None
                 and rule is not None
+                and all(t is not None for t in ternaries)
                 and 0 <= rule < len(self.policy.rules)
                 and f.action == action_for(self.policy.rules[rule].action)
                 and decides_whole(self.regions, covered, rule)
@@ -381,7 +385,7 @@ class FlowCache:
                 continue
             assert covered is not None and rule is not None
             point = tuple(s.intervals[0][0] for s in covered.sets)
-            masks = tuple(_mask_of(s) for s in covered.sets)
+            masks = tuple(t[1] for t in ternaries if t is not None)
             flow = Megaflow(covered, masks, point, rule)
             last_seen = now - installed.last_used if installed.last_used is not None else now
             self.prio_of.setdefault(f.match.protocol, f.prio)
@@ -396,11 +400,3 @@ class FlowCache:
         self.stats["adopted"] += adopted
         self.stats["reconcile_deletes"] += len(doomed)
         return adopted, len(doomed)
-
-
-def _mask_of(values: Any) -> int:
-    """The mask of a ternary value set (every cube a cache rule covers is one)."""
-    ternary = values.as_ternary()
-    if ternary is None:
-        raise ValueError("not a ternary set")
-    return int(ternary[1])

@@ -304,3 +304,31 @@ def test_simulate_cli_compares_megaflow_and_exact(
     code = main(["simulate", "--policy", str(WEB), "--trace", str(trace)])
     err = capsys.readouterr().err
     assert code == 2 and f"{trace}:2:" in err and "^" in err
+
+
+def test_restart_deletes_a_cache_rule_that_is_not_one_mask_block() -> None:
+    """A rule with a cache cookie but a port range (not one value/mask block)
+    cannot join the mask index: it is deleted, not adopted, and the restart
+    does not fail."""
+    from backends.flower_rules import Cookie, Masked, PortRange
+
+    cache, model, clock = setup()
+    rule = next(i for i, r in enumerate(cache.policy.rules) if "9000-9099" in (r.origin.text or ""))
+    ranged = FlowerFilter(
+        0,
+        1,
+        1,
+        FlowerMatch(
+            0x0800,
+            ip_proto=6,
+            src_ip=Masked(0x0A0A010B, 0xFFFFFFFF),
+            dst_ip=Masked(0x0A0A0214, 0xFFFFFFFF),
+            dst_port=PortRange(9000, 9099),
+        ),
+        FlowerAction("pass"),
+        cookie=Cookie(ROLE_CACHE, 1, rule, 1),
+    )
+    model.add([ranged])
+    restarted = FlowCache(cache.policy, model.profile, model, CacheConfig(), clock=clock)
+    assert restarted.reconcile() == (0, 1)
+    assert model.occupancy == 0
