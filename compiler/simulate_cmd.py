@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from compiler.classbench import ClassBenchError, parse_trace
+from compiler.classbench import ClassBenchError, parse_trace, trace_packet_line
 from compiler.packet_syntax import PacketSyntaxError, parse_packet
-from ir.fields import PORT_PROTOCOLS
 from ir.packet import Packet
 
 EXIT_OK = 0
@@ -37,22 +36,10 @@ def read_trace(path: str) -> list[Packet]:
     first = next((line for line in lines if line.split("#", 1)[0].strip()), "")
     if first and all(tok.isdigit() for tok in first.split()):
         try:
-            return [_classbench_packet(p) for p in parse_trace(lines)]
+            return [parse_packet(trace_packet_line(p)) for p in parse_trace(lines)]
         except ClassBenchError as err:
             raise TraceError(f"{path}:{err.line}: error: {err.message}") from None
     return list(_eval_packets(path, lines))
-
-
-def _classbench_packet(p: Any) -> Packet:
-    fields: dict[str, int] = {
-        "family": 4,
-        "ip_proto": p.proto,
-        "ip4_src": p.sip,
-        "ip4_dst": p.dip,
-    }
-    if p.proto in PORT_PROTOCOLS:
-        fields |= {"sport": p.sport, "dport": p.dport}
-    return Packet.make(**fields)
 
 
 def _eval_packets(path: str, lines: list[str]) -> Iterator[Packet]:
