@@ -498,11 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=cmd_import)
 
+    from compiler.agent_cmd import add_parsers as add_agent
     from compiler.simulate_cmd import add_parsers as add_simulate
     from compiler.verify_cmd import add_parsers
 
     add_parsers(sub)
     add_simulate(sub)
+    add_agent(sub)
     return parser
 
 

@@ -66,6 +66,7 @@ from ir.megaflow import (
 from ir.model import Policy
 from ir.packet import Point
 from runtime.flower_installer import FlowerInstallError
+from runtime.flower_netlink import InstalledFilter
 from runtime.token_bucket import TokenBucket
 
 MODES = {"megaflow": MEGAFLOW, "exact": EXACT_5TUPLE}
@@ -292,11 +293,14 @@ class FlowCache:
         return len(gone)
 
     # ----------------------------------------------------------------- eviction
-    def expire(self) -> int:
-        """Read the device's counters; evict rules idle longer than ``max_idle``
+    def expire(self, installed_filters: list[InstalledFilter] | None = None) -> int:
+        """Read the device's counters (or take ``installed_filters``, a chain-0
+        dump the caller already made); evict rules idle longer than ``max_idle``
         and, over capacity, the least recently used. Returns how many went."""
         now = self.clock()
-        for installed in self.installer.dump(chain=0):
+        if installed_filters is None:
+            installed_filters = self.installer.dump(chain=0)
+        for installed in installed_filters:
             key = (installed.filter.prio, installed.filter.handle)
             entry = self.entries.get(key)
             if entry is None:

@@ -2,7 +2,9 @@
 
 tc mode puts the program in a clsact qdisc as a direct-action cls_bpf filter
 at priority ``BPF_PRIO``, behind any flower filters (lower numbers) that the
-cache installs in front. tcx mode (Linux 6.6+) uses a bpf link, pinned in
+cache installs in front. ``chain`` puts it in another tc chain: ``flowc
+agent`` attaches it in chain 1, where flower traps (``goto chain 1``) send the
+packets the flower table does not decide. tcx mode (Linux 6.6+) uses a bpf link, pinned in
 bpffs so it outlives the process. Replacing the program is atomic in both
 (``tc filter replace`` of the same priority and handle; ``BPF_LINK_UPDATE``).
 """
@@ -10,6 +12,8 @@ bpffs so it outlives the process. Replacing the program is atomic in both
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from runtime import bpf_syscall
+from runtime.flower_installer import NLMSG_ERROR, _extack_text, _messages
+from runtime.flower_netlink import RTM_DELTFILTER, RTM_NEWTFILTER, flower_tcmsg, message_bytes
 
 BPF_PRIO = 49152
 BPF_HANDLE = 1
@@ -65,12 +71,58 @@ def _ensure_bpffs() -> None:
     PIN_DIR.mkdir(exist_ok=True)
 
 
-def attach(prog_fd: int, device: str, direction: str, *, mode: str = "tc") -> Attachment:
-    """Attach (or atomically replace) the program on ``device`` ``direction``."""
+def _chain_request(
+    ifindex: int, direction: str, chain: int, prog_fd: int | None, *, delete: bool = False
+) -> None:
+    """Add-or-replace (or delete) flowc's cls_bpf filter in ``chain`` (pyroute2 0.9.7's
+    tc() request builder has no TCA_CHAIN; flowc's tcmsg class does)."""
+    msg = flower_tcmsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["index"] = ifindex
+    msg["handle"] = BPF_HANDLE
+    msg["parent"] = PARENT[direction]
+    msg["info"] = (BPF_PRIO << 16) | socket.htons(ETH_P_ALL)
+    attrs: list[list[object]] = [["TCA_KIND", "bpf"], ["TCA_CHAIN", chain]]
+    if prog_fd is not None:
+        options = [
+            ["TCA_BPF_CLASSID", 1],
+            ["TCA_BPF_FD", prog_fd],
+            ["TCA_BPF_NAME", "flowc"],
+            ["TCA_BPF_FLAGS", 1],  # TCA_BPF_FLAG_ACT_DIRECT
+        ]
+        attrs.append(["TCA_OPTIONS", {"attrs": options}])
+    msg["attrs"] = attrs
+    flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+    if not delete:
+        flags |= 0x400 | 0x100  # NLM_F_CREATE | NLM_F_REPLACE
+    data = message_bytes(msg, RTM_DELTFILTER if delete else RTM_NEWTFILTER, flags, 1)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.setsockopt(270, 11, 1)  # SOL_NETLINK, NETLINK_EXT_ACK
+        sock.bind((0, 0))
+        sock.sendall(data)
+        for _ in range(64):  # one ack is expected; bound the wait for it
+            for msg_type, ack_flags, seq, payload in _messages(sock.recv(65536)):
+                if msg_type != NLMSG_ERROR or seq != 1:
+                    continue
+                (error,) = struct.unpack_from("=i", payload, 0)
+                if error:
+                    text = _extack_text(ack_flags, payload) or os.strerror(-error)
+                    raise OSError(-error, text)
+                return
+        raise AttachError("the kernel did not acknowledge the cls_bpf request")
+
+
+def attach(
+    prog_fd: int, device: str, direction: str, *, mode: str = "tc", chain: int = 0
+) -> Attachment:
+    """Attach (or atomically replace) the program on ``device`` ``direction``
+    (tc mode: in tc chain ``chain``)."""
     if direction not in PARENT:
         raise AttachError(f"direction must be ingress or egress, not {direction!r}")
     if mode not in MODES:
         raise AttachError(f"mode must be one of {MODES}")
+    if chain and mode != "tc":
+        raise AttachError("only tc mode has chains")
     with IPRoute() as ipr:
         ifindex = _ifindex(ipr, device)
         attachment = Attachment(device, ifindex, direction, mode)
@@ -80,6 +132,14 @@ def attach(prog_fd: int, device: str, direction: str, *, mode: str = "tc") -> At
             except NetlinkError as exc:
                 if exc.code != 17:  # EEXIST: already there
                     raise AttachError(f"adding clsact: {_netlink_words(exc)}") from None
+            if chain:
+                try:
+                    _chain_request(ifindex, direction, chain, prog_fd)
+                except OSError as exc:
+                    raise AttachError(
+                        f"attaching cls_bpf in chain {chain}: {exc.strerror} (errno {exc.errno})"
+                    ) from None
+                return attachment
             try:
                 ipr.tc(
                     "replace-filter",
@@ -117,10 +177,20 @@ def attach(prog_fd: int, device: str, direction: str, *, mode: str = "tc") -> At
     return attachment
 
 
-def detach(device: str, direction: str, *, mode: str = "tc") -> bool:
+def detach(device: str, direction: str, *, mode: str = "tc", chain: int = 0) -> bool:
     """Remove flowc's program from the hook; True when something was removed."""
     with IPRoute() as ipr:
         ifindex = _ifindex(ipr, device)
+        if mode == "tc" and chain:
+            try:
+                _chain_request(ifindex, direction, chain, None, delete=True)
+            except OSError as exc:
+                if exc.errno in (2, 22):  # no such filter, chain or clsact
+                    return False
+                raise AttachError(
+                    f"detaching cls_bpf from chain {chain}: {exc.strerror} (errno {exc.errno})"
+                ) from None
+            return True
         if mode == "tc":
             try:
                 ipr.tc(
@@ -150,7 +220,8 @@ def detach(device: str, direction: str, *, mode: str = "tc") -> bool:
 
 
 def attached_names(device: str, direction: str) -> list[str]:
-    """Names of the cls_bpf programs on the hook (tc mode), to check what is attached."""
+    """Names of the cls_bpf programs on the hook (tc mode, every chain), to check
+    what is attached."""
     with IPRoute() as ipr:
         ifindex = _ifindex(ipr, device)
         try:

@@ -247,3 +247,26 @@ def test_verifier_rejection_reports_the_log() -> None:
         SlowPath(dataclasses.replace(program, source=broken))
     assert info.value.stage == "compile"
     assert "error" in info.value.log_tail
+
+
+def test_attach_in_chain_one_sits_behind_chain_zero(pair: Pair) -> None:
+    """``flowc agent`` keeps the slow path in chain 1, reached only by flower's
+    ``goto chain 1`` traps: attached there, it sees no packet chain 0 does not
+    send (this kernel has no flower to send any), replaces in place, detaches."""
+    policy = compile_policy(pair)
+    with inside(pair.ns_b):
+        slow_path = SlowPath(lower(policy))
+        tc_attach.attach(slow_path.fd, pair.dev_b, "ingress", chain=1)
+        tc_attach.attach(slow_path.fd, pair.dev_b, "ingress", chain=1)  # replace in place
+        assert tc_attach.attached_names(pair.dev_b, "ingress") == ["flowc"]
+    try:
+        listeners = udp_listeners(pair, [6000])
+        send_udp(pair, 6000)  # the policy drops it, but chain 0 is empty: it passes
+        assert received(listeners[6000]) == 1
+        assert slow_path.rule_stats()[rule_of(policy, "drop udp dport 6000")][0] == 0
+    finally:
+        with inside(pair.ns_b):
+            assert tc_attach.detach(pair.dev_b, "ingress", chain=1)
+            assert tc_attach.attached_names(pair.dev_b, "ingress") == []
+            assert not tc_attach.detach(pair.dev_b, "ingress", chain=1)
+        slow_path.close()

@@ -1,0 +1,278 @@
+"""``flowc agent``: run the flow cache agent on a hook; ``flowc agent status``: read it.
+
+The agent runs until SIGINT or SIGTERM, then removes its rules and its
+program (unless ``--keep``). SIGHUP, or a change to the policy file, makes it
+recompile and switch to the new policy; a policy with errors is reported
+(file:line:col and a caret, in the log) and the running one stays.
+
+Exit codes: 0 stopped cleanly; 1 the policy has errors or the agent could not
+start (the kernel's own words); 2 usage errors; 3 ``status`` found no agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_NO_AGENT = 3
+DEFAULT_METRICS = "127.0.0.1:9468"
+
+
+class PolicyLoadError(Exception):
+    """The policy file does not compile (the message is the rendered diagnostics)."""
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        from runtime.agent import structured
+
+        return json.dumps(structured(record), sort_keys=False)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        from runtime.agent import structured
+
+        fields = structured(record)
+        head = f"{time.strftime('%H:%M:%S', time.localtime(fields.pop('ts')))} "
+        head += f"{fields.pop('level')}: {fields.pop('event')}"
+        return head + "".join(f" {k}={v}" for k, v in fields.items())
+
+
+def _setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    logger = logging.getLogger("flowc")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def policy_loader(path: str, hook: str | None) -> Any:
+    """A callable compiling ``path`` and returning the selected IR policy, or
+    raising PolicyLoadError with the rendered diagnostics."""
+    from compiler.cli import UsageError, _select_policy
+    from compiler.diagnostics import render, summary
+    from compiler.frontend import compile_file
+
+    def load() -> Any:
+        result = compile_file(path)
+        if not result.ok or result.program is None:
+            text = "\n".join(render(d, result.sources) for d in result.diagnostics)
+            raise PolicyLoadError(f"{text}\n{path}: {summary(result.diagnostics)}")
+        try:
+            return _select_policy(result.program, hook)
+        except UsageError as exc:
+            raise PolicyLoadError(str(exc)) from None
+
+    return load
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """``flowc agent [status]``."""
+    if args.action == "status":
+        return cmd_status(args)
+    if args.policy is None:
+        print("flowc: error: agent needs --policy POLICY", file=sys.stderr)
+        return EXIT_USAGE
+    from compiler.cli import profile_from_args
+    from runtime.agent import Agent, AgentConfig, AgentError
+    from runtime.agent_metrics import serve
+    from runtime.bpf_loader import BpfLoadError
+    from runtime.flow_cache import CacheConfig
+
+    _setup_logging(args.log_format, args.log_level)
+    log = logging.getLogger("flowc.agent")
+    if args.offload is not None:
+        args.profile_set = [*(args.profile_set or []), f"install_flags={args.offload}"]
+    profile = profile_from_args(args)
+    load = policy_loader(args.policy, args.hook)
+    try:
+        first = load()
+    except PolicyLoadError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAIL
+    config = AgentConfig(
+        device=args.dev or first.hook.device,
+        direction=args.direction or first.hook.direction,
+        profile=profile,
+        cache=CacheConfig(
+            mode=args.mode,
+            max_idle=args.max_idle,
+            capacity=args.capacity,
+            max_insert_rate=args.max_insert_rate or None,
+            admit_after=args.admit_after,
+            negative_ttl=args.negative_ttl,
+        ),
+        proactive=not args.no_proactive,
+        keep=args.keep,
+        strategy=args.strategy,
+        poll_interval=args.poll_interval,
+        queue_size=args.queue_size,
+    )
+    agent = Agent(config, load)
+
+    def on_stop(_signum: int, _frame: object) -> None:
+        agent.stop_requested = True
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        agent.reload_requested = True
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        agent.start()
+    except (AgentError, BpfLoadError) as exc:
+        print(f"flowc: error: {exc}", file=sys.stderr)
+        agent.stop()
+        return EXIT_FAIL
+    if args.metrics_addr != "none":
+        try:
+            host, port = serve(lambda: agent.snapshot, args.metrics_addr)
+        except (OSError, ValueError) as exc:
+            print(f"flowc: error: metrics on {args.metrics_addr}: {exc}", file=sys.stderr)
+            agent.stop()
+            return EXIT_FAIL
+        log.info("metrics", extra={"fields": {"url": f"http://{host}:{port}/metrics"}})
+    seen = _mtime(args.policy)
+
+    def policy_changed() -> bool:
+        nonlocal seen
+        now = _mtime(args.policy)
+        if now != seen:
+            seen = now
+            return True
+        return False
+
+    try:
+        agent.run(reload_if=policy_changed)
+    except AgentError as exc:
+        print(f"flowc: error: {exc}", file=sys.stderr)
+        agent.stop()
+        return EXIT_FAIL
+    agent.stop()
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``flowc agent status``: scrape the agent's metrics and show them."""
+    from runtime.agent_metrics import read_status
+
+    address = args.metrics_addr if args.metrics_addr != "none" else DEFAULT_METRICS
+    url = address if address.startswith("http") else f"http://{address}/metrics"
+    try:
+        status = read_status(url)
+    except OSError as exc:
+        print(f"flowc: no agent answers at {url}: {exc}", file=sys.stderr)
+        return EXIT_NO_AGENT
+    rules = sorted(status.rules.values(), key=lambda r: (-r.total_packets, r.rule))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "agent": status.agent,
+                    "evictions": status.evictions,
+                    "rules": [
+                        {
+                            "rule": r.rule,
+                            "line": r.line,
+                            "text": r.text,
+                            "packets": r.packets,
+                            "bytes": r.bytes,
+                            "last_hit": r.last_hit,
+                        }
+                        for r in rules
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    a = status.agent
+    print(
+        f"generation {a.get('generation', 0):.0f}: {a.get('occupancy', 0):.0f} cache rules "
+        f"(peak {a.get('peak_occupancy', 0):.0f}, capacity {a.get('capacity', 0):.0f}, "
+        f"{a.get('distinct_masks', 0):.0f} masks), {a.get('proactive_filters', 0):.0f} "
+        f"proactive filters"
+    )
+    print(
+        f"misses {a.get('misses', 0):.0f}, installs {a.get('installs', 0):.0f}, "
+        f"install failures {a.get('install_failures', 0):.0f}, event drops "
+        f"{a.get('event_drops', 0):.0f}, revalidations {a.get('revalidations', 0):.0f}, "
+        f"policy updates {a.get('policy_updates', 0):.0f}"
+    )
+    print(
+        "evictions "
+        + ", ".join(f"{reason} {count:.0f}" for reason, count in sorted(status.evictions.items()))
+    )
+    now = time.time()
+    print(f"{'line':24} {'slow':>10} {'cache':>10} {'flower':>10} {'last hit':>10}  rule")
+    shown = rules if args.all else [r for r in rules if r.total_packets][: args.top]
+    for r in shown:
+        last = f"{now - r.last_hit:.0f}s ago" if r.last_hit else "never"
+        counts = "".join(f" {r.packets.get(t, 0):>10.0f}" for t in ("slow", "cache", "flower"))
+        print(f"{r.line:24}{counts} {last:>10}  {r.text}")
+    return EXIT_OK
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``agent`` on the CLI's subcommand parser."""
+    p = sub.add_parser(
+        "agent",
+        help="run the flow cache agent on a hook (root); 'agent status' reads a running one",
+    )
+    p.add_argument("action", nargs="?", choices=["run", "status"], default="run")
+    p.add_argument("--policy", metavar="POLICY")
+    p.add_argument("--hook", metavar="NAME", help="the policy to run (needed if several)")
+    p.add_argument("--dev", help="device (default: the policy's own)")
+    p.add_argument("--direction", choices=["ingress", "egress"], help="default: the policy's own")
+    p.add_argument("--profile", default="software")
+    p.add_argument("--profile-set", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--offload",
+        choices=["skip_sw", "skip_hw", "none"],
+        help="flower flags of every rule (default: the profile's)",
+    )
+    p.add_argument(
+        "--no-proactive",
+        action="store_true",
+        help="install no partitioned filters: every flow starts in the slow path",
+    )
+    p.add_argument("--keep", action="store_true", help="leave rules and program on stop")
+    p.add_argument("--mode", choices=["megaflow", "exact"], default="megaflow")
+    p.add_argument("--max-idle", type=float, default=30.0, help="seconds (default 30)")
+    p.add_argument("--capacity", type=int, help="cache rules at most (default: profile share)")
+    p.add_argument("--max-insert-rate", type=float, default=1000.0, help="rules/s (0: unlimited)")
+    p.add_argument("--admit-after", type=int, default=1, help="slow-path packets before a rule")
+    p.add_argument("--negative-ttl", type=float, default=5.0, help="seconds a refusal is kept")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--queue-size", type=int, default=4096, help="miss events held at most")
+    p.add_argument("--strategy", choices=["bitvec", "chain"], default="bitvec")
+    p.add_argument(
+        "--metrics-addr",
+        default=DEFAULT_METRICS,
+        help=f"HOST:PORT for Prometheus metrics, or 'none' (default {DEFAULT_METRICS})",
+    )
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
+    p.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
+    p.add_argument("--json", action="store_true", help="status: JSON")
+    p.add_argument("--top", type=int, default=20, help="status: rules with traffic shown")
+    p.add_argument("--all", action="store_true", help="status: every rule")
+    p.set_defaults(func=cmd_agent)

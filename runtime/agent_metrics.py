@@ -1,0 +1,160 @@
+"""Prometheus metrics of ``flowc agent``, and reading them back (``flowc agent status``).
+
+The agent's loop takes a :class:`runtime.agent.Snapshot` once per poll; the
+collector here turns the latest snapshot into metric families when scraped,
+so the HTTP server's thread never reads the cache while the loop changes it.
+
+Names (all prefixed ``flowc_``):
+
+* ``agent_<counter>_total``: misses, installs, evictions (``reason`` label),
+  install failures, event drops, revalidations, ... (one per cache/agent counter);
+* ``agent_<gauge>``: occupancy, capacity, distinct masks, queue depth, generation, ...;
+* ``rule_packets_total`` / ``rule_bytes_total`` with ``rule``, ``line`` and
+  ``tier`` (slow, cache, flower) labels, ``rule_last_hit_timestamp_seconds``,
+  and ``rule_info`` carrying each rule's DSL text.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from runtime.agent import TIERS, Snapshot
+
+PREFIX = "flowc"
+EVICTION_REASONS = {
+    "evictions_idle": "idle",
+    "evictions_lru": "capacity",
+    "revalidation_deletes": "revalidation",
+    "reconcile_deletes": "reconcile",
+}
+
+
+class SnapshotCollector(Collector):
+    """Metric families from whatever snapshot ``current()`` returns."""
+
+    def __init__(self, current: Callable[[], Snapshot | None]) -> None:
+        self.current = current
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the families of the latest snapshot (none before the first)."""
+        snap = self.current()
+        if snap is None:
+            return
+        evictions = CounterMetricFamily(
+            f"{PREFIX}_agent_evictions", "Cache rules deleted, by reason", labels=["reason"]
+        )
+        for name, reason in EVICTION_REASONS.items():
+            evictions.add_metric([reason], snap.stats.get(name, 0))
+        yield evictions
+        for name in sorted(snap.stats):
+            if name in EVICTION_REASONS:
+                continue
+            yield CounterMetricFamily(
+                f"{PREFIX}_agent_{name}", f"flowc agent counter {name}", value=snap.stats[name]
+            )
+        for name, value in sorted(snap.gauges.items()):
+            yield GaugeMetricFamily(f"{PREFIX}_agent_{name}", f"flowc agent {name}", value=value)
+        info = GaugeMetricFamily(
+            f"{PREFIX}_rule_info", "A policy rule and its DSL text", labels=["rule", "line", "text"]
+        )
+        packets = CounterMetricFamily(
+            f"{PREFIX}_rule_packets", "Packets a rule decided", labels=["rule", "line", "tier"]
+        )
+        nbytes = CounterMetricFamily(
+            f"{PREFIX}_rule_bytes", "Bytes a rule decided", labels=["rule", "line", "tier"]
+        )
+        last = GaugeMetricFamily(
+            f"{PREFIX}_rule_last_hit_timestamp_seconds",
+            "When a rule last decided a packet (any tier)",
+            labels=["rule", "line"],
+        )
+        for index, origin, text, counters in snap.rules:
+            info.add_metric([str(index), origin, text], 1)
+            for tier in TIERS:
+                packets.add_metric([str(index), origin, tier], counters.packets[tier])
+                nbytes.add_metric([str(index), origin, tier], counters.bytes[tier])
+            if counters.last_hit is not None:
+                last.add_metric([str(index), origin], counters.last_hit)
+        yield from (info, packets, nbytes, last)
+
+
+def serve(current: Callable[[], Snapshot | None], address: str) -> tuple[str, int]:
+    """Serve the metrics on ``address`` (HOST:PORT; port 0 picks one) in a
+    background thread; returns the (host, port) bound."""
+    host, _, port = address.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(current))
+    server, _thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    bound_host, bound_port = server.server_address[:2]
+    return str(bound_host), int(bound_port)
+
+
+@dataclass(slots=True)
+class RuleStatus:
+    """One rule as ``flowc agent status`` shows it."""
+
+    rule: int
+    line: str
+    text: str = ""
+    packets: dict[str, float] = field(default_factory=dict)
+    bytes: dict[str, float] = field(default_factory=dict)
+    last_hit: float | None = None
+
+    @property
+    def total_packets(self) -> float:
+        """Packets over every tier."""
+        return sum(self.packets.values())
+
+
+@dataclass(slots=True)
+class Status:
+    """What a running agent's metrics say."""
+
+    agent: dict[str, float] = field(default_factory=dict)
+    evictions: dict[str, float] = field(default_factory=dict)
+    rules: dict[int, RuleStatus] = field(default_factory=dict)
+
+
+def parse_status(text: str) -> Status:
+    """A :class:`Status` from Prometheus text exposition."""
+    status = Status()
+
+    def rule(labels: dict[str, str]) -> RuleStatus:
+        index = int(labels["rule"])
+        return status.rules.setdefault(index, RuleStatus(index, labels.get("line", "")))
+
+    agent_prefix = f"{PREFIX}_agent_"
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, float(sample.value)
+            if name.endswith("_created"):
+                continue
+            if name == f"{PREFIX}_agent_evictions_total":
+                status.evictions[labels["reason"]] = value
+            elif name.startswith(agent_prefix):
+                key = name[len(agent_prefix) :]
+                status.agent[key.removesuffix("_total")] = value
+            elif name == f"{PREFIX}_rule_info":
+                rule(labels).text = labels["text"]
+            elif name == f"{PREFIX}_rule_packets_total":
+                rule(labels).packets[labels["tier"]] = value
+            elif name == f"{PREFIX}_rule_bytes_total":
+                rule(labels).bytes[labels["tier"]] = value
+            elif name == f"{PREFIX}_rule_last_hit_timestamp_seconds":
+                rule(labels).last_hit = value
+    return status
+
+
+def read_status(url: str, timeout: float = 5.0) -> Status:
+    """Scrape a running agent's metrics endpoint (OSError when nothing answers)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        body: Any = response.read()
+    return parse_status(body.decode("utf-8", "replace"))

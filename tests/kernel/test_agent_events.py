@@ -1,0 +1,180 @@
+"""The agent's loop on this machine's kernel: real slow path, real ring buffer.
+
+This kernel has no cls_flower, so the flower table is the NIC model (the
+named stand-in the cache's unit tests use) and the program is fed with
+BPF_PROG_TEST_RUN instead of a hook; everything between (the program's
+events, the ring buffer, the bounded queue, megaflows, installs, updates and
+restarts) is the real code. The guest tier runs the same agent on a real
+hook with real flower (tests/guest/test_agent_guest.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+
+from backends.flower_rules import ROLE_CACHE, ROLE_CUTOFF, action_for
+from backends.nic_profile import load_profile
+from compiler.frontend import compile_source
+from ir.interp import evaluate
+from ir.model import Policy
+from ir.packet import Packet
+from runtime.agent import CATCH_ALL_PRIO, GUARD_PRIO, Agent, AgentConfig
+from runtime.flow_cache import CacheConfig
+from runtime.frames import frame
+from runtime.nic_model import NicModel
+from runtime.testrun import test_run as run_frame
+
+pytestmark = pytest.mark.kernel
+
+POLICY = """
+policy t ingress on lo {
+    default drop
+    allow udp dport 5000
+    allow udp dport 5001
+    drop udp dport 6000
+    allow tcp from 10.1.0.0/16 dport 80
+}
+"""
+
+
+def compiled(text: str) -> Policy:
+    result = compile_source(text, "agent.fw")
+    assert result.program is not None, result.diagnostics
+    return result.program.policies[0]
+
+
+def udp(i: int, dport: int) -> Packet:
+    return Packet.make(
+        family=4, ip_proto=17, ip4_src=0x0A000000 + i, ip4_dst=0x0A630001, sport=1024 + i,
+        dport=dport,
+    )  # fmt: skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make_agent(policy: Policy, model: NicModel, clock: Clock, **config: object) -> Iterator[Agent]:
+    settings = {"proactive": False, "dedup_ns": 0, **config}
+    cfg = AgentConfig(
+        device="lo", direction="ingress", profile=model.profile,
+        cache=CacheConfig(max_insert_rate=None), **settings,  # type: ignore[arg-type]
+    )  # fmt: skip
+    holder = {"policy": policy}
+    agent = Agent(cfg, lambda: holder["policy"], clock=clock, installer=model, attach=False)
+    agent.start()
+    yield agent
+
+
+def feed(agent: Agent, packets: list[Packet]) -> None:
+    """Run each packet through the loaded program, then let the agent take the events."""
+    assert agent.slow_path is not None
+    for p in packets:
+        run_frame(agent.slow_path.fd, frame(p))
+    agent.slow_path.poll_events(0)
+    while agent.handle_events():
+        pass
+
+
+def flowc_filters(model: NicModel) -> list[object]:
+    return [i.filter for i in model.dump() if i.filter.cookie is not None]
+
+
+def test_events_become_sound_cache_rules(clock: Clock) -> None:
+    policy = compiled(POLICY)
+    model = NicModel(load_profile("software"), clock=clock)
+    agent = next(make_agent(policy, model, clock))
+    packets = [udp(i, port) for i in range(20) for port in (5000, 5001, 6000, 7000)]
+    feed(agent, packets)
+    assert agent.queue.received == len(packets)
+    assert agent.cache is not None
+    assert agent.cache.stats["installs"] >= 4  # one megaflow per verdict region at least
+    for p in packets:
+        decided = model.classify(p)
+        assert decided is not None
+        assert decided.action == action_for(evaluate(policy, p).rule.action)
+    cache = [f for f in flowc_filters(model) if f.cookie.role == ROLE_CACHE]  # type: ignore[attr-defined]
+    assert all(f.prio < GUARD_PRIO for f in cache)  # type: ignore[attr-defined]
+    # The megaflows are wide: 80 flows, a handful of rules.
+    assert len(cache) < 10
+    agent.stop()
+    assert flowc_filters(model) == []
+
+
+def test_event_storm_is_cut_and_counted(clock: Clock) -> None:
+    policy = compiled(POLICY)
+    model = NicModel(load_profile("software"), clock=clock)
+    agent = next(make_agent(policy, model, clock, queue_size=8))
+    assert agent.slow_path is not None
+    storm = [udp(i, 5000) for i in range(50)]
+    for p in [*storm, storm[0]]:
+        run_frame(agent.slow_path.fd, frame(p))
+    agent.slow_path.poll_events(0)
+    assert agent.queue.received == 51
+    assert len(agent.queue) == 8
+    assert agent.queue.duplicates == 1  # the repeat of flow 0, still queued
+    assert agent.queue.dropped == 42
+    assert agent.handle_events() == 8
+    agent.poll()
+    assert agent.snapshot is not None and agent.snapshot.stats["event_drops"] == 42
+    agent.stop()
+
+
+def test_update_revalidates_and_restart_adopts(clock: Clock) -> None:
+    policy = compiled(POLICY)
+    model = NicModel(load_profile("software"), clock=clock)
+    agent = next(make_agent(policy, model, clock))
+    feed(agent, [udp(1, 5000), udp(2, 5001)])
+    assert agent.cache is not None and agent.cache.occupancy == 2
+    new = compiled(POLICY.replace("allow udp dport 5001", "drop udp dport 5001"))
+    agent.update(new)
+    assert agent.generation == 2
+    assert agent.cache.stats["revalidation_deletes"] == 1
+    assert model.classify(udp(2, 5001)) is None  # trapped: the slow path decides it now
+    kept = model.classify(udp(1, 5000))
+    assert kept is not None and kept.cookie is not None and kept.cookie.role == ROLE_CACHE
+    # A stale event (decided under generation 1) does not install.
+    assert agent.cache.on_miss(udp(3, 5001).values, rule=2, generation=1) == "stale"
+    feed(agent, [udp(2, 5001)])
+    after = model.classify(udp(2, 5001))
+    assert after is not None and after.action == action_for(new.rules[2].action)
+    before_crash = flowc_filters(model)
+    # Crash: no stop. A new agent on the same table adopts and cleans up.
+    again = next(make_agent(new, model, clock))
+    assert again.generation == 3
+    assert again.cache is not None and again.cache.stats["adopted"] == 2
+    now = flowc_filters(model)
+    assert len(now) == len(before_crash)  # two cache rules and one catch-all, nothing doubled
+    assert [f.prio for f in now if f.cookie.role == ROLE_CUTOFF] == [CATCH_ALL_PRIO]  # type: ignore[attr-defined]
+    again.stop()
+    assert flowc_filters(model) == []
+    if agent.slow_path is not None:
+        agent.slow_path.close()
+
+
+def test_proactive_filters_sit_between_guard_and_catch_all(clock: Clock) -> None:
+    policy = compiled(POLICY)
+    profile = dataclasses.replace(load_profile("software"), max_rules=1000)
+    model = NicModel(profile, clock=clock)
+    agent = next(make_agent(policy, model, clock, proactive=True))
+    prios = sorted({f.prio for f in flowc_filters(model)})  # type: ignore[attr-defined]
+    assert prios[0] > GUARD_PRIO and prios[-1] == CATCH_ALL_PRIO
+    assert agent.cache is not None and agent.cache.capacity == (1000 - 2) // 2
+    for port in (5000, 5001, 6000, 7000):
+        decided = model.classify(udp(1, port))
+        assert decided is not None
+        assert decided.action == action_for(evaluate(policy, udp(1, port)).rule.action)
+    agent.stop()
+    assert flowc_filters(model) == []
