@@ -181,11 +181,31 @@ def zipf_indexes(rng: random.Random, n_items: int, n_draws: int, skew: float) ->
 
 
 def trace_lines(
-    rules: list[GenRule], *, flows: int, packets: int, skew: float, seed: int
+    rules: list[GenRule],
+    *,
+    flows: int,
+    packets: int,
+    skew: float,
+    seed: int,
+    rule_skew: float | None = None,
 ) -> Iterator[str]:
-    """``packets`` packet lines over ``flows`` distinct flows with Zipf(skew) popularity."""
+    """``packets`` packet lines over ``flows`` distinct flows with Zipf(skew) popularity.
+
+    Each flow is a point inside one rule's box. The rule is drawn uniformly, or,
+    with ``rule_skew``, with Zipf(rule_skew) popularity over the rules in a
+    shuffled order: ClassBench's trace generator gives each filter a
+    Pareto-distributed number of headers for the same reason, since real traffic
+    concentrates on few filters.
+    """
     rng = random.Random(f"trace:{seed}")
-    flow_texts = [_sample(rng, rng.choice(rules)) for _ in range(flows)]
+    if rule_skew is None:
+        flow_texts = [_sample(rng, rng.choice(rules)) for _ in range(flows)]
+    else:
+        order = list(rules)
+        rng.shuffle(order)
+        flow_texts = [
+            _sample(rng, order[i]) for i in zipf_indexes(rng, len(order), flows, rule_skew)
+        ]
     for i in zipf_indexes(rng, flows, packets, skew):
         yield flow_texts[i]
 
@@ -205,13 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--flows", type=int, default=1000)
     t.add_argument("--packets", type=int, default=10000)
     t.add_argument("--skew", type=float, default=1.0)
+    t.add_argument(
+        "--rule-skew", type=float, help="Zipf skew of rules over flows (default: uniform)"
+    )
     args = parser.parse_args(argv)
     if args.what == "policy":
         sys.stdout.write(policy_text(args.seed_family, args.rules, args.seed))
     else:
         rules = generate_rules(args.policy_seed_family, args.rules, args.seed)
         for line in trace_lines(
-            rules, flows=args.flows, packets=args.packets, skew=args.skew, seed=args.seed
+            rules,
+            flows=args.flows,
+            packets=args.packets,
+            skew=args.skew,
+            seed=args.seed,
+            rule_skew=args.rule_skew,
         ):
             sys.stdout.write(line + "\n")
     return 0

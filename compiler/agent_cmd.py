@@ -102,7 +102,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.offload is not None:
         args.profile_set = [*(args.profile_set or []), f"install_flags={args.offload}"]
     profile = profile_from_args(args)
-    load = policy_loader(args.policy, args.hook)
+    compile_policy = policy_loader(args.policy, args.hook)
+    seen = 0.0
+
+    def load() -> Any:
+        # Remember the version read, so a SIGHUP for an edit is not followed by
+        # a second reload when the loop notices the same edit's mtime.
+        nonlocal seen
+        seen = _mtime(args.policy)
+        return compile_policy()
+
     try:
         first = load()
     except PolicyLoadError as exc:
@@ -119,6 +128,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             max_insert_rate=args.max_insert_rate or None,
             admit_after=args.admit_after,
             negative_ttl=args.negative_ttl,
+            mask_slack=args.mask_slack,
         ),
         proactive=not args.no_proactive,
         keep=args.keep,
@@ -151,15 +161,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
             agent.stop()
             return EXIT_FAIL
         log.info("metrics", extra={"fields": {"url": f"http://{host}:{port}/metrics"}})
-    seen = _mtime(args.policy)
 
     def policy_changed() -> bool:
-        nonlocal seen
-        now = _mtime(args.policy)
-        if now != seen:
-            seen = now
-            return True
-        return False
+        return _mtime(args.policy) != seen
 
     try:
         agent.run(reload_if=policy_changed)
@@ -262,6 +266,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--max-insert-rate", type=float, default=1000.0, help="rules/s (0: unlimited)")
     p.add_argument("--admit-after", type=int, default=1, help="slow-path packets before a rule")
     p.add_argument("--negative-ttl", type=float, default=5.0, help="seconds a refusal is kept")
+    p.add_argument(
+        "--mask-slack", type=int, default=0, help="bits a megaflow gives up to share a mask"
+    )
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls")
     p.add_argument("--queue-size", type=int, default=4096, help="miss events held at most")
     p.add_argument("--strategy", choices=["bitvec", "chain"], default="bitvec")

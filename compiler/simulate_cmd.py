@@ -82,6 +82,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             capacity=args.capacity,
             max_insert_rate=args.max_insert_rate,
             admit_after=args.admit_after,
+            mask_slack=args.mask_slack,
         )
         rows.append(simulate(policy, packets, profile, config, pps=args.pps))
     if args.json:
@@ -136,6 +137,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--capacity", type=int, help="cache rules at most (default: profile)")
     p.add_argument("--max-insert-rate", type=float, default=1000.0, help="rules/s (default 1000)")
     p.add_argument("--admit-after", type=int, default=1, help="slow-path packets before a rule")
+    p.add_argument(
+        "--mask-slack", type=int, default=0, help="bits a megaflow gives up to share a mask"
+    )
     p.add_argument("--pps", type=float, default=10_000.0, help="trace packets per second")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_simulate)

@@ -416,12 +416,16 @@ class Agent:
     # ----------------------------------------------------------------- update
     def reload(self) -> bool:
         """Recompile the policy and switch to it; a policy that does not compile
-        or load is reported and the running one stays. True when switched."""
+        or load is reported and the running one stays, and an unchanged one is
+        left alone. True when switched."""
         try:
             policy = self.load_policy()
         except Exception as exc:  # the loader's own error, already worded for people
             self.stats["policy_update_failures"] += 1
             log.error("policy update refused", extra={"fields": {"error": str(exc)}})
+            return False
+        if policy == self.policy:
+            log.info("policy unchanged", extra={"fields": {"generation": self.generation}})
             return False
         try:
             self.update(policy)
