@@ -27,7 +27,6 @@ is handed a ``load_policy`` callable returning an IR policy.
 from __future__ import annotations
 
 import contextlib
-import ctypes as ct
 import dataclasses
 import logging
 import time
@@ -547,11 +546,6 @@ class Agent:
             )
         )
         self.snapshot = Snapshot(time.time(), self.generation, dict(stats), gauges, rules)
-
-
-def event_from_bytes(data: bytes) -> Event:
-    """An :class:`Event` from raw ring-buffer bytes (tests, benchmarks)."""
-    return Event.from_buffer_copy(data[: ct.sizeof(Event)])
 
 
 def structured(record: logging.LogRecord) -> dict[str, Any]:
