@@ -336,6 +336,10 @@ class Agent:
             raise AgentError(f"installing the proactive filters: {exc}") from None
         self.proactive, self.catch_all = filters, catch_all
 
+    def _proactive_installed(self) -> list[FlowerFilter]:
+        """The proactive filters and the catch-all this agent installed."""
+        return [*self.proactive, *([self.catch_all] if self.catch_all else [])]
+
     def _delete(self, filters: list[FlowerFilter]) -> None:
         assert self.installer is not None
         try:
@@ -449,12 +453,11 @@ class Agent:
             self.slow_path.close()
             self.slow_path = fresh
             fresh.open_events(self.queue.push)
-        before = self._cache_counts()
         kept, deleted = self.cache.update_policy(policy, self.generation)
-        self._retire(before)
-        self.retired.clear()  # rule ids now mean the new policy's rules
-        old = [*self.proactive, *([self.catch_all] if self.catch_all else [])]
-        self._delete(old)
+        # Rule ids now mean the new policy's rules: the counts of deleted cache
+        # rules (these revalidation deletes included) start again from zero.
+        self.retired.clear()
+        self._delete(self._proactive_installed())
         self._install_proactive(policy)
         self._guard(False)
         self.policy = policy
@@ -479,7 +482,7 @@ class Agent:
         if not self.config.keep and self.installer is not None:
             if self.cache is not None:
                 self.cache.remove_all()
-            self._delete([*self.proactive, *([self.catch_all] if self.catch_all else [])])
+            self._delete(self._proactive_installed())
             with contextlib.suppress(tc_attach.AttachError):
                 if self.attach_slow_path:
                     tc_attach.detach(self.config.device, self.config.direction, chain=SLOW_CHAIN)
