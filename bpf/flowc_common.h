@@ -42,7 +42,8 @@
 #define FLOWC_DIR_CHUNK 0x80000000U
 
 /* Config flags. */
-#define FLOWC_CONFIG_F_EVENTS 1 /* emit miss events for the agent */
+#define FLOWC_CONFIG_F_EVENTS  1 /* emit miss events for the agent */
+#define FLOWC_CONFIG_F_NO_MEMO 2 /* always walk the bit vectors (measuring, debugging) */
 
 /* The packet's header fields, as the IR's header space sees them: a field the
  * packet lacks is 0 (ports of ICMP, ICMP type of TCP, L4 of non-first fragments).
@@ -78,7 +79,7 @@ struct flowc_action {
 struct flowc_rule_stats {
 	__u64 packets;
 	__u64 bytes;
-	__u64 last_ns; /* bpf_ktime_get_ns() of the last hit */
+	__u64 last_jiffies; /* bpf_jiffies64() at the last hit (runtime/kernel_clock.py) */
 };
 
 /* Load-time configuration, written by the loader (one entry). 24 bytes. */
@@ -86,7 +87,8 @@ struct flowc_config {
 	__u32 generation; /* policy generation, stamped on events */
 	__u32 flags;      /* FLOWC_CONFIG_F_* */
 	__u64 dedup_ns;   /* report one flow at most once per this interval */
-	__u32 bank;       /* which half of every policy map is live (0 or 1) */
+	__u32 bank;       /* bit 0: which half of every policy map is live; the whole
+			   * word: the fill epoch, advanced on every refill */
 	__u32 pad0;
 };
 

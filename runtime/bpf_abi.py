@@ -15,6 +15,7 @@ from ir.packet import Packet
 ACTION_CODES = {ALLOW: 0, DROP: 1, REDIRECT: 2, MIRROR: 3, MARK: 4}
 ACTION_F_PEER = 1
 CONFIG_F_EVENTS = 1
+CONFIG_F_NO_MEMO = 2
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -93,7 +94,7 @@ class ActionEntry(ct.Structure):
 class RuleStats(ct.Structure):
     """struct flowc_rule_stats."""
 
-    _fields_ = (("packets", ct.c_uint64), ("bytes", ct.c_uint64), ("last_ns", ct.c_uint64))
+    _fields_ = (("packets", ct.c_uint64), ("bytes", ct.c_uint64), ("last_jiffies", ct.c_uint64))
 
 
 class Config(ct.Structure):

@@ -19,6 +19,7 @@ from backends.bpf_c import BPF_DIR, ENTRY_FUNCTION, BpfProgram, lower
 from backends.bpf_tables import DIR4, LPM6, dir_levels
 from ir.model import MIRROR, REDIRECT, Policy
 from runtime import bpf_abi
+from runtime.kernel_clock import JiffiesClock, kernel_hz
 
 LOG_TAIL_LINES = 25
 
@@ -104,6 +105,8 @@ class SlowPath:
         events: emit miss events on the ring buffer.
         dedup_ns: report a flow at most once per this interval.
         peer_redirect: redirect with bpf_redirect_peer (target is a veth/netkit peer).
+        memo: let the bitvec classifier remember each class tuple's rule (off: every
+            packet walks the bit vectors; for measuring the walk itself).
     """
 
     def __init__(
@@ -115,12 +118,19 @@ class SlowPath:
         events: bool = False,
         dedup_ns: int = 1_000_000_000,
         peer_redirect: bool = False,
+        memo: bool = True,
     ) -> None:
         from bcc import BPF  # Debian's python3-bpfcc; imported late so unit tiers need no bcc
 
         self.program = program
         self.ifindex_of = ifindex_of
         self.peer_redirect = peer_redirect
+        self.memo = memo
+        # The config's bank word: bit 0 is the live bank, the whole word an epoch
+        # that advances on every fill, so the classifier's memo (keyed by it)
+        # never answers from tables that have since been rewritten.
+        self.epoch = -1
+        self.hz: int | None = None  # the kernel's CONFIG_HZ, read when first needed
         cflags = [f"-I{BPF_DIR}", "-Wno-unused-function", "-Wno-compare-distinct-pointer-types"]
         self.bpf, error, log = _capturing(lambda: BPF(text=program.source.encode(), cflags=cflags))
         if error is not None:
@@ -153,6 +163,7 @@ class SlowPath:
         self.bank = 0
         self.generation, self.events, self.dedup_ns = generation, events, dedup_ns
         self._fill_bank(self.program, 0)
+        self._advance_epoch()
         self.set_config(generation=generation, events=events, dedup_ns=dedup_ns)
 
     def update(self, policy: Policy, *, generation: int) -> None:
@@ -169,17 +180,29 @@ class SlowPath:
         self._fill_bank(program, idle)
         self.program = program
         self.bank = idle
+        self._advance_epoch()
         self.generation = generation
         self.set_config(generation=generation, events=self.events, dedup_ns=self.dedup_ns)
         self.table("flowc_rule_stats").clear()
 
+    def _advance_epoch(self) -> None:
+        """The next epoch whose low bit is the live bank (wraps at 32 bits)."""
+        self.epoch = (self.epoch + 1) & 0xFFFFFFFF
+        if self.epoch & 1 != self.bank:
+            self.epoch = (self.epoch + 1) & 0xFFFFFFFF
+
+    def set_memo(self, enabled: bool) -> None:
+        """Turn the classifier's class-tuple memo on or off (takes effect at once)."""
+        self.memo = enabled
+        self.set_config(generation=self.generation, events=self.events, dedup_ns=self.dedup_ns)
+
     def set_config(self, *, generation: int, events: bool, dedup_ns: int) -> None:
-        """Rewrite the config entry (live bank, generation, event flag, dedup interval)."""
+        """Rewrite the config entry (live bank and epoch, generation, flags, dedup interval)."""
+        flags = bpf_abi.CONFIG_F_EVENTS if events else 0
+        if not self.memo:
+            flags |= bpf_abi.CONFIG_F_NO_MEMO
         config = bpf_abi.Config(
-            generation=generation,
-            flags=bpf_abi.CONFIG_F_EVENTS if events else 0,
-            dedup_ns=dedup_ns,
-            bank=self.bank,
+            generation=generation, flags=flags, dedup_ns=dedup_ns, bank=self.epoch
         )
         self.table("flowc_config")[ct.c_uint32(0)] = config
 
@@ -260,16 +283,21 @@ class SlowPath:
 
     # ----------------------------------------------------------- reading
     def rule_stats(self) -> list[tuple[int, int, int]]:
-        """(packets, bytes, last hit ns) per rule id, summed over CPUs."""
+        """(packets, bytes, last hit as CLOCK_MONOTONIC ns or 0) per rule id, summed
+        over CPUs (the program stamps jiffies; this converts them)."""
         stats = self.table("flowc_rule_stats")
+        if self.hz is None:
+            self.hz = kernel_hz()
+        clock = JiffiesClock.read(self.hz)
         out = []
         for rule in range(len(self.program.policy.rules)):
             per_cpu = stats[ct.c_uint32(rule)]
+            last = max(s.last_jiffies for s in per_cpu)
             out.append(
                 (
                     sum(s.packets for s in per_cpu),
                     sum(s.bytes for s in per_cpu),
-                    max(s.last_ns for s in per_cpu),
+                    clock.to_monotonic_ns(last) if last else 0,
                 )
             )
         return out

@@ -10,7 +10,7 @@ import pytest
 
 from backends.bpf_c import lower, maps_json
 from compiler.cli import main
-from compiler.frontend import compile_file
+from compiler.frontend import compile_file, compile_source
 from ir.model import Policy
 from tests.conftest import EXAMPLES
 from tests.golden import check_golden
@@ -26,6 +26,27 @@ def uplink() -> Policy:
 def test_generated_c_golden(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(EXAMPLES.parent)
     check_golden(f"uplink.{strategy}.c", lower(uplink(), strategy).source)
+
+
+def test_generated_c_golden_with_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The class-tuple memo as large policies get it (forced on for a small one)."""
+    monkeypatch.chdir(EXAMPLES.parent)
+    program = lower(uplink(), "bitvec", memo=True)
+    assert program.capacities.memo
+    check_golden("uplink.bitvec-memo.c", program.source)
+
+
+def test_memo_is_compiled_in_by_rule_capacity() -> None:
+    small = uplink()
+    assert not lower(small).capacities.memo
+    assert not lower(small, "chain", memo=True).capacities.memo
+    text = "policy p ingress on eth0 {\n default drop\n" + "".join(
+        f" allow udp from 10.{i // 250}.{i % 250}.0/24 dport {i + 1}\n" for i in range(600)
+    ) + "}\n"
+    result = compile_source(text, "big.fw")
+    assert result.program is not None
+    big = lower(result.program.policies[0])
+    assert big.capacities.memo and "flowc_memo.lookup" in big.source
 
 
 @pytest.mark.parametrize("strategy", ["bitvec", "chain"])

@@ -16,6 +16,7 @@
 #define FLOWC_N_RULES 64 /* capacity; the policy has 7 */
 #define FLOWC_N_WORDS 1
 #define FLOWC_N_SUMMARY 1
+#define FLOWC_MEMO_BITS 13 /* unused */
 
 #include "flowc_common.h"
 #include "flowc_parse.h"
@@ -84,36 +85,36 @@ BPF_ARRAY(flowc_cls_dport, __u32, FLOWC_BANKS * 65536);
 #define FLOWC_CLASSES_dport 16
 BPF_ARRAY(flowc_bv_dport, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_dport);
 
+/* The packet's class in every used field; with the memo compiled in, also the
+ * memo's key. */
+struct flowc_class_tuple {
+	__u32 epoch;
+	__u32 cls[7];
+};
+
 /* The first rule whose bit is set in every used field's vector, reading the
  * maps' live bank; -1 when a table entry is missing (the caller fails closed). */
-static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 bank)
+static __always_inline __s32 flowc_classify(const struct flowc_key *k,
+					    const struct flowc_config *cfg)
 {
 	__u32 addr, entry, *slot;
 	struct flowc_lpm6_key lpm6;
-	__u32 idx, *cls;
+	struct flowc_class_tuple tuple = { .epoch = cfg->bank };
+	__u32 bank = cfg->bank & 1;
+	__u32 idx, rule, *cls;
 	const struct flowc_bitvec *v_family, *v_ip_proto, *v_ip4_src, *v_ip4_dst, *v_ip6_src, *v_ip6_dst, *v_dport;
 
 	idx = bank * 256 + k->family;
 	cls = flowc_cls_family.lookup(&idx);
 	if (!cls)
 		return -1;
-	idx = *cls;
-	idx += bank * FLOWC_CLASSES_family;
-	v_family = flowc_bv_family.lookup(&idx);
-	if (!v_family)
-		return -1;
-
+	tuple.cls[0] = *cls;
 	idx = bank * 256 + k->ip_proto;
 	cls = flowc_cls_ip_proto.lookup(&idx);
 	if (!cls)
 		return -1;
-	idx = *cls;
-	idx += bank * FLOWC_CLASSES_ip_proto;
-	v_ip_proto = flowc_bv_ip_proto.lookup(&idx);
-	if (!v_ip_proto)
-		return -1;
-
-	idx = 0; /* class of an absent ip4_src */
+	tuple.cls[1] = *cls;
+	tuple.cls[2] = 0; /* class of an absent ip4_src */
 	if (k->family == 4) {
 		addr = bpf_ntohl(k->ip4_src);
 		idx = bank * 65536 + (addr >> 16);
@@ -137,14 +138,9 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 ban
 				entry = *slot;
 			}
 		}
-		idx = entry;
+		tuple.cls[2] = entry;
 	}
-	idx += bank * FLOWC_CLASSES_ip4_src;
-	v_ip4_src = flowc_bv_ip4_src.lookup(&idx);
-	if (!v_ip4_src)
-		return -1;
-
-	idx = 0; /* class of an absent ip4_dst */
+	tuple.cls[3] = 0; /* class of an absent ip4_dst */
 	if (k->family == 4) {
 		addr = bpf_ntohl(k->ip4_dst);
 		idx = bank * 65536 + (addr >> 16);
@@ -168,14 +164,9 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 ban
 				entry = *slot;
 			}
 		}
-		idx = entry;
+		tuple.cls[3] = entry;
 	}
-	idx += bank * FLOWC_CLASSES_ip4_dst;
-	v_ip4_dst = flowc_bv_ip4_dst.lookup(&idx);
-	if (!v_ip4_dst)
-		return -1;
-
-	idx = 0; /* class of an absent ip6_src */
+	tuple.cls[4] = 0; /* class of an absent ip6_src */
 	if (k->family == 6) {
 		lpm6.prefixlen = 136;
 		lpm6.bank = bank;
@@ -183,14 +174,9 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 ban
 		cls = flowc_cls_ip6_src.lookup(&lpm6);
 		if (!cls)
 			return -1;
-		idx = *cls;
+		tuple.cls[4] = *cls;
 	}
-	idx += bank * FLOWC_CLASSES_ip6_src;
-	v_ip6_src = flowc_bv_ip6_src.lookup(&idx);
-	if (!v_ip6_src)
-		return -1;
-
-	idx = 0; /* class of an absent ip6_dst */
+	tuple.cls[5] = 0; /* class of an absent ip6_dst */
 	if (k->family == 6) {
 		lpm6.prefixlen = 136;
 		lpm6.bank = bank;
@@ -198,19 +184,39 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 ban
 		cls = flowc_cls_ip6_dst.lookup(&lpm6);
 		if (!cls)
 			return -1;
-		idx = *cls;
+		tuple.cls[5] = *cls;
 	}
-	idx += bank * FLOWC_CLASSES_ip6_dst;
-	v_ip6_dst = flowc_bv_ip6_dst.lookup(&idx);
-	if (!v_ip6_dst)
-		return -1;
-
 	idx = bank * 65536 + k->dport;
 	cls = flowc_cls_dport.lookup(&idx);
 	if (!cls)
 		return -1;
-	idx = *cls;
-	idx += bank * FLOWC_CLASSES_dport;
+	tuple.cls[6] = *cls;
+
+	idx = bank * FLOWC_CLASSES_family + tuple.cls[0];
+	v_family = flowc_bv_family.lookup(&idx);
+	if (!v_family)
+		return -1;
+	idx = bank * FLOWC_CLASSES_ip_proto + tuple.cls[1];
+	v_ip_proto = flowc_bv_ip_proto.lookup(&idx);
+	if (!v_ip_proto)
+		return -1;
+	idx = bank * FLOWC_CLASSES_ip4_src + tuple.cls[2];
+	v_ip4_src = flowc_bv_ip4_src.lookup(&idx);
+	if (!v_ip4_src)
+		return -1;
+	idx = bank * FLOWC_CLASSES_ip4_dst + tuple.cls[3];
+	v_ip4_dst = flowc_bv_ip4_dst.lookup(&idx);
+	if (!v_ip4_dst)
+		return -1;
+	idx = bank * FLOWC_CLASSES_ip6_src + tuple.cls[4];
+	v_ip6_src = flowc_bv_ip6_src.lookup(&idx);
+	if (!v_ip6_src)
+		return -1;
+	idx = bank * FLOWC_CLASSES_ip6_dst + tuple.cls[5];
+	v_ip6_dst = flowc_bv_ip6_dst.lookup(&idx);
+	if (!v_ip6_dst)
+		return -1;
+	idx = bank * FLOWC_CLASSES_dport + tuple.cls[6];
 	v_dport = flowc_bv_dport.lookup(&idx);
 	if (!v_dport)
 		return -1;
@@ -240,8 +246,10 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k, __u32 ban
 				word &= v_ip6_src->words[w];
 			if (word)
 				word &= v_ip6_dst->words[w];
-			if (word)
-				return w * 64 + flowc_ctz64(word);
+			if (word) {
+				rule = w * 64 + flowc_ctz64(word);
+				return rule;
+			}
 			summary &= summary - 1;
 		}
 	}
@@ -264,8 +272,9 @@ static __always_inline void flowc_count(__u32 status)
 
 /* Report a flow to the agent, at most once per dedup interval per flow. */
 static __always_inline void flowc_report(const struct flowc_key *k, __u32 rule,
-					 const struct flowc_config *cfg, __u64 now)
+					 const struct flowc_config *cfg)
 {
+	__u64 now = bpf_ktime_get_coarse_ns();
 	struct flowc_event *ev;
 	__u64 *seen = flowc_reported.lookup((struct flowc_key *)k);
 
@@ -298,7 +307,6 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	__u32 bank, slot;
 	__u32 rule;
 	__s32 found;
-	__u64 now;
 	int status;
 
 	skb->cb[0] = 0;
@@ -316,7 +324,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 		flowc_count(FLOWC_STATUS_MALFORMED);
 		return FLOWC_TC_ACT_SHOT;
 	}
-	found = flowc_classify(k, bank);
+	found = flowc_classify(k, cfg);
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_TC_ACT_SHOT; /* fail closed */
@@ -330,16 +338,16 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	}
 	/* The deciding rule, for BPF_PROG_TEST_RUN and for programs after us. */
 	skb->cb[0] = rule + 1;
-	/* Coarse time (jiffies) is plenty for idle detection and much cheaper. */
-	now = bpf_ktime_get_coarse_ns();
 	stats = flowc_rule_stats.lookup(&rule);
 	if (stats) {
 		stats->packets += 1;
 		stats->bytes += skb->len;
-		stats->last_ns = now;
+		/* Tick resolution is plenty for "last hit", and the verifier inlines
+		 * jiffies into a load where any ktime helper is a call (~20 ns). */
+		stats->last_jiffies = bpf_jiffies64();
 	}
 	if (cfg->flags & FLOWC_CONFIG_F_EVENTS)
-		flowc_report(k, rule, cfg, now);
+		flowc_report(k, rule, cfg);
 
 	switch (action->kind) {
 	case FLOWC_ACTION_ALLOW:

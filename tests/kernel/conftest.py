@@ -51,12 +51,18 @@ class Loaded:
         self._keep: list[Policy] = []
 
     def get(self, policy: Policy, strategy: str = "bitvec") -> SlowPath:
-
+        """The loaded program of ``policy``: ``bitvec`` or ``chain`` as lowered by
+        default, or ``bitvec-memo`` (the class-tuple memo compiled in whatever the
+        policy's size, so small example policies exercise it too)."""
         key = (id(policy), strategy)
         if key not in self._cache:
             self._keep.append(policy)
+            if strategy == "bitvec-memo":
+                program = lower(policy, "bitvec", memo=True)
+            else:
+                program = lower(policy, strategy)
             # Every redirect/mirror target is the namespace's loopback (ifindex 1).
-            self._cache[key] = SlowPath(lower(policy, strategy), ifindex_of=lambda _dev: 1)
+            self._cache[key] = SlowPath(program, ifindex_of=lambda _dev: 1)
         return self._cache[key]
 
     def close(self) -> None:

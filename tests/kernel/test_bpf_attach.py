@@ -9,6 +9,8 @@ own per-rule counters and ring-buffer events are read from user space.
 
 from __future__ import annotations
 
+import time
+
 import dataclasses
 import socket
 from collections.abc import Iterator
@@ -144,6 +146,14 @@ def test_real_packets_verdicts_counters_and_events(pair: Pair) -> None:
 
         stats = slow_path.rule_stats()
         counts = {r.origin.text: stats[r.priority][0] for r in policy.rules}
+        # Last hit: stamped in jiffies by the program, read back as CLOCK_MONOTONIC.
+        now_ns = time.monotonic_ns()
+        for rule in policy.rules:
+            packets, _bytes, last_ns = stats[rule.priority]
+            if packets:
+                assert now_ns - 60 * 10**9 < last_ns <= now_ns + 50_000_000, rule.origin.text
+            else:
+                assert last_ns == 0
         assert counts["allow udp dport 5000"] == 3
         assert counts["mark 0x42 udp dport 5001"] == 1
         assert counts["redirect udp dport 5002 -> back"] == 2

@@ -35,7 +35,7 @@ from tests.test_packet_syntax import packets
 pytestmark = pytest.mark.kernel
 
 EXAMPLE_PATHS = sorted([*EXAMPLES.glob("*.fw"), EXAMPLES / "multi-file" / "main.fw"])
-STRATEGIES = ("bitvec", "chain")
+STRATEGIES = ("bitvec", "bitvec-memo", "chain")
 
 
 @functools.cache
@@ -49,9 +49,13 @@ def check(loaded: Loaded, netns: str, policy: Policy, packet: Packet, strategy: 
     if not on_the_wire(packet):
         return
     slow_path = loaded.get(policy, strategy)
-    with inside(netns):
-        got = kernel_run(slow_path.fd, frame(packet))
-    assert (got.retval, got.rule, got.mark) == expected(policy, packet), packet
+    # Twice: with the memo, the first run walks and fills the packet's class
+    # tuple, the second answers from it; both must be the IR's verdict.
+    runs = 2 if slow_path.program.capacities.memo else 1
+    for _ in range(runs):
+        with inside(netns):
+            got = kernel_run(slow_path.fd, frame(packet))
+        assert (got.retval, got.rule, got.mark) == expected(policy, packet), packet
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -206,9 +210,11 @@ def test_classbench_ten_thousand_rules(loaded: Loaded, run_netns: str, name: str
         check(loaded, run_netns, policy, Packet(point), "bitvec")
 
 
-def test_same_shape_update_is_a_map_refill(run_netns: str) -> None:
+@pytest.mark.parametrize("memo", [False, True], ids=["walk", "memo"])
+def test_same_shape_update_is_a_map_refill(run_netns: str, memo: bool) -> None:
     """A new policy of the same shape goes live by refilling the idle bank and
-    flipping one word: the program (and its fd) stay, verdicts change."""
+    flipping one word: the program (and its fd) stay, verdicts change, and no
+    class tuple remembered under the old tables answers for the new ones."""
     from backends.bpf_c import ShapeChanged, lower
     from runtime.bpf_loader import SlowPath
 
@@ -225,7 +231,8 @@ def test_same_shape_update_is_a_map_refill(run_netns: str) -> None:
         "policy p ingress on eth0 {\n default allow\n drop udp from 10.1.0.0/16 dport 53-54\n"
         " mark 9 tcp to fd00:1::/32 dport 443\n drop udp from 11.0.0.0/8 dport 9\n}\n"
     )
-    slow_path = SlowPath(lower(old), ifindex_of=lambda _dev: 1)
+    slow_path = SlowPath(lower(old, memo=memo), ifindex_of=lambda _dev: 1)
+    assert slow_path.program.capacities.memo == memo
     fd = slow_path.fd
     probes = [
         parse_packet(p)
@@ -241,7 +248,7 @@ def test_same_shape_update_is_a_map_refill(run_netns: str) -> None:
 
     def agrees_with(policy: Policy) -> None:
         assert slow_path.fd == fd
-        for packet in probes:
+        for packet in probes * 2:  # the second pass answers from the memo
             with inside(run_netns):
                 got = kernel_run(fd, frame(packet))
             assert (got.retval, got.rule, got.mark) == expected(policy, packet), packet
