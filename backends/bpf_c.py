@@ -37,8 +37,8 @@ STRATEGIES = ("bitvec", "chain")
 # evicts the one that hashed to its slot). 32 bytes each: 256 KiB per CPU.
 MEMO_BITS = 13
 # The memo costs a hash of the class tuple, one inlined array read and a compare;
-# the walk it saves grows with the policy (it visits about 1/64 of the rules
-# ahead of the match), and is cheaper below a few hundred rules.
+# the walk it saves grows with the match's position in the policy, and is the
+# cheaper of the two below a few hundred rules (bench/bpf_bench.py).
 MEMO_MIN_WORDS = 8
 ENTRY_FUNCTION = "flowc_tc"
 

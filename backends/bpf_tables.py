@@ -4,12 +4,18 @@ Why bit vectors: the slow path must classify in time that does not grow with
 the number of rules, and a first-match ``if`` chain is both linear and
 rejected by the verifier at a few thousand rules. Tuple-space search costs one
 hash probe per distinct mask tuple (hundreds on ClassBench sets), a decision
-tree costs its depth plus a linear leaf scan. Bit-vector search (as in
-bpf-iptables) costs one lookup per *field* the policy uses, then an AND of
-per-field rule bit vectors; with a one-word summary per 64 words ("aggregated
-bit vectors") the AND touches the summary and, in practice, one or two words,
-so its cost is nearly flat from 10 to 10,000 rules (measured in
-``bench/bpf_bench.py``).
+tree costs its depth plus a linear leaf scan, and a full cross-product of
+field classes (RFC) needs tables of |src classes| x |dst classes| entries
+(26 million at 10,000 rules). Bit-vector search (as in bpf-iptables) costs one
+lookup per *field* the policy uses, then an AND of per-field rule bit vectors,
+with a one-word summary per 64 words ("aggregated bit vectors") to skip empty
+stretches. On wildcard-heavy sets most 64-rule words ahead of the match have
+some matching rule in every field, so the walk still grows with the match's
+position (measured: 77 ns at 1,000 rules, 180 ns at 10,000, against 58 ns at
+10), and large programs put a memo in front of it
+(``backends/bpf_c.py``): the result is a function of the packet's class tuple,
+which a per-CPU direct-mapped table remembers, and a repeated tuple costs the
+field lookups plus one array read (50 ns at 10,000 rules).
 
 For each field a rule constrains, the field's value space is cut into
 elementary intervals where the set of matching rules is constant; equal sets

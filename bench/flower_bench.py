@@ -75,7 +75,10 @@ def _sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def guest_insertion(count: int, repeat: int, out: Path) -> None:
+METHODS = ("wire", "pyroute2", "tc-batch")
+
+
+def guest_insertion(count: int, repeat: int, out: Path, methods: list[str]) -> None:
     """Runs inside the guest: time flowc's installer (wire encoder, and pyroute2's
     message classes) against tc -batch of the same filters, on fresh veths."""
     from backends.flower_text import to_tc_batch
@@ -83,11 +86,11 @@ def guest_insertion(count: int, repeat: int, out: Path) -> None:
 
     policy = bench_policy("acl", count)
     filters = list(flower.lower(policy).filters)
-    methods = ["wire", "pyroute2", "tc-batch"]
     results: dict[str, list[float]] = {method: [] for method in methods}
     for round_no in range(repeat):
         # Rotate the order so no method always runs first (caches, page faults).
-        order = methods[round_no % 3 :] + methods[: round_no % 3]
+        shift = round_no % len(methods)
+        order = methods[shift:] + methods[:shift]
         for method in order:
             dev = f"fb{round_no}{method[0]}"
             _sh("ip", "link", "add", dev, "type", "veth", "peer", "name", f"{dev}p")
@@ -112,7 +115,7 @@ def guest_insertion(count: int, repeat: int, out: Path) -> None:
     )
 
 
-def run_guest(count: int, repeat: int) -> dict[str, object] | None:
+def run_guest(count: int, repeat: int, methods: list[str]) -> dict[str, object] | None:
     """Boot the guest once and run :func:`guest_insertion` there."""
     from tests.guest_runner import VENV_BIN, debian_kernel, vng_command
 
@@ -124,7 +127,8 @@ def run_guest(count: int, repeat: int) -> dict[str, object] | None:
         inner = (
             f"cd {shlex.quote(str(REPO))} && PYTHONDONTWRITEBYTECODE=1 "
             f"{VENV_BIN}/python -m bench.flower_bench --guest-inner {rwdir} "
-            f"--insert {count} --repeat {repeat} > {rwdir}/log 2>&1"
+            f"--insert {count} --repeat {repeat} --methods {','.join(methods)} "
+            f"> {rwdir}/log 2>&1"
         )
         env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
         subprocess.run(
@@ -146,17 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--insert", type=int, default=2000, help="IR rules of the insertion policy")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-guest", action="store_true", help="only the lowering table")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="insertion methods to time (tc-batch is always included)",
+    )
+    parser.add_argument("--no-lowering", action="store_true", help="skip the lowering table")
     parser.add_argument("--guest-inner", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m in METHODS and m != "tc-batch"]
+    methods.append("tc-batch")
     if args.guest_inner:
-        guest_insertion(args.insert, args.repeat, Path(args.guest_inner))
+        guest_insertion(args.insert, args.repeat, Path(args.guest_inner), methods)
         return 0
     lines = ["# Flower lowering and insertion", ""]
-    lines += ["## Filters and masks after lowering (host)", ""]
-    lines += lowering_table([int(s) for s in args.sizes.split(",")])
-    print("\n".join(lines))
+    if not args.no_lowering:
+        lines += ["## Filters and masks after lowering (host)", ""]
+        lines += lowering_table([int(s) for s in args.sizes.split(",")])
+        print("\n".join(lines))
     if not args.no_guest:
-        data = run_guest(args.insert, args.repeat)
+        data = run_guest(args.insert, args.repeat, methods)
         lines += ["", "## Insertion into software flower (guest kernel, emulated CPU)", ""]
         if data is None:
             lines.append("guest run failed (see stderr)")
@@ -179,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 "|---|---|---:|---:|",
             ]
             for method, label in labels.items():
+                if method not in seconds:
+                    continue
                 runs = ", ".join(f"{s:.2f}" for s in seconds[method])
                 ratio = best["tc-batch"] / best[method]
                 lines.append(f"| {label} | {runs} | {n / best[method]:,.0f} | {ratio:.2f}x |")

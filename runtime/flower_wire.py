@@ -15,6 +15,7 @@ each one complete netlink message.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from collections.abc import Callable
@@ -194,6 +195,28 @@ def _key_attrs(m: FlowerMatch) -> bytes:
 
 
 def _action_attr(a: FlowerAction, cookie: Cookie | None, ifindex_of: Callable[[str], int]) -> bytes:
+    # A device resolves to an ifindex on every request, never from a cache: it may
+    # have been re-created since.
+    members = [
+        _action_body(a, ifindex_of) if a.kind in (REDIRECT, MIRROR) else _fixed_action_body(a)
+    ]
+    if cookie is not None:
+        members.append(_attr(_ACT["TCA_ACT_COOKIE"], cookie.encode()))
+    return _nested(_FLOWER["TCA_FLOWER_ACT"], _nested(_ACT_PRIO_1, *members))
+
+
+_ACT_PRIO_1 = tca_act_prio.nla_map.index(("TCA_ACT_PRIO_1", "tca_act"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _fixed_action_body(a: FlowerAction) -> bytes:
+    """Kind and options of an action that names no device (a few distinct ones
+    per policy, so encoded once each)."""
+    return _action_body(a, socket.if_nametoindex)
+
+
+def _action_body(a: FlowerAction, ifindex_of: Callable[[str], int]) -> bytes:
+    """TCA_ACT_KIND and TCA_ACT_OPTIONS of one action."""
     if a.kind in (PASS, DROP, TRAP):
         if a.kind == TRAP:
             assert a.chain is not None
@@ -221,11 +244,7 @@ def _action_attr(a: FlowerAction, cookie: Cookie | None, ifindex_of: Callable[[s
         options = _attr(_SKBEDIT["TCA_SKBEDIT_PARMS"], _TC_GEN.pack(0, 0, TC_ACT_OK, 0, 0)) + _attr(
             _SKBEDIT["TCA_SKBEDIT_MARK"], _U32.pack(a.mark or 0)
         )
-    members = [_ACT_KIND[kind], _nested(_ACT["TCA_ACT_OPTIONS"], options)]
-    if cookie is not None:
-        members.append(_attr(_ACT["TCA_ACT_COOKIE"], cookie.encode()))
-    first_action = _nested(tca_act_prio.nla_map.index(("TCA_ACT_PRIO_1", "tca_act")), *members)
-    return _nested(_FLOWER["TCA_FLOWER_ACT"], first_action)
+    return _ACT_KIND[kind] + _nested(_ACT["TCA_ACT_OPTIONS"], options)
 
 
 def _message(msg_type: int, flags: int, seq: int, tcmsg: bytes, attrs: bytes) -> bytes:

@@ -40,9 +40,13 @@ def test_memo_is_compiled_in_by_rule_capacity() -> None:
     small = uplink()
     assert not lower(small).capacities.memo
     assert not lower(small, "chain", memo=True).capacities.memo
-    text = "policy p ingress on eth0 {\n default drop\n" + "".join(
-        f" allow udp from 10.{i // 250}.{i % 250}.0/24 dport {i + 1}\n" for i in range(600)
-    ) + "}\n"
+    text = (
+        "policy p ingress on eth0 {\n default drop\n"
+        + "".join(
+            f" allow udp from 10.{i // 250}.{i % 250}.0/24 dport {i + 1}\n" for i in range(600)
+        )
+        + "}\n"
+    )
     result = compile_source(text, "big.fw")
     assert result.program is not None
     big = lower(result.program.policies[0])

@@ -216,6 +216,16 @@ def test_kernel_refusal_reports_extack_and_dsl_line(pair: Pair) -> None:
         with pytest.raises(FlowerInstallError, match="File exists"):
             inst.add([first])
         inst.flush()
+        # One batch with a refused request in the middle: requests carry no ack,
+        # so only the refusal is answered, the fence closes the batch, and the
+        # requests on both sides of the refusal still land.
+        others = [f for f in program.filters if f.prio == first.prio and f != first][:2]
+        if len(others) == 2:
+            with pytest.raises(FlowerInstallError) as info:
+                inst.add([others[0], clash, others[1]])
+            assert [failure.filter for failure in info.value.failures] == [clash]
+            assert {i.filter.handle for i in inst.dump()} == {others[0].handle, others[1].handle}
+            inst.flush()
 
 
 def test_tc_batch_installs_the_same_filters(
