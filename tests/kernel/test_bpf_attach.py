@@ -9,10 +9,9 @@ own per-rule counters and ring-buffer events are read from user space.
 
 from __future__ import annotations
 
-import time
-
 import dataclasses
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
