@@ -130,7 +130,6 @@ class SlowPath:
         # that advances on every fill, so the classifier's memo (keyed by it)
         # never answers from tables that have since been rewritten.
         self.epoch = -1
-        self.hz: int | None = None  # the kernel's CONFIG_HZ, read when first needed
         cflags = [f"-I{BPF_DIR}", "-Wno-unused-function", "-Wno-compare-distinct-pointer-types"]
         self.bpf, error, log = _capturing(lambda: BPF(text=program.source.encode(), cflags=cflags))
         if error is not None:
@@ -286,9 +285,7 @@ class SlowPath:
         """(packets, bytes, last hit as CLOCK_MONOTONIC ns or 0) per rule id, summed
         over CPUs (the program stamps jiffies; this converts them)."""
         stats = self.table("flowc_rule_stats")
-        if self.hz is None:
-            self.hz = kernel_hz()
-        clock = JiffiesClock.read(self.hz)
+        clock = JiffiesClock.read(kernel_hz())
         out = []
         for rule in range(len(self.program.policy.rules)):
             per_cpu = stats[ct.c_uint32(rule)]

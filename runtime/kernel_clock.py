@@ -9,6 +9,7 @@ nothing is lost; user space converts them back with :class:`JiffiesClock`.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -47,8 +48,9 @@ def _read_timer_list() -> tuple[int, int]:
         raise KernelClockError(f"cannot read {TIMER_LIST}: {exc.strerror}") from None
 
 
+@functools.cache
 def kernel_hz() -> int:
-    """The running kernel's CONFIG_HZ: from its config (/proc/config.gz or
+    """The running kernel's CONFIG_HZ (read once per process): from its config (/proc/config.gz or
     /boot/config-RELEASE), else measured from jiffies over 100 ms and rounded to
     the nearest standard value."""
     release = os.uname().release

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ class Pair:
     ns_b: str
     dev_a: str
     dev_b: str
+    addr_a: str
+    addr_b: str
 
     def add_device(self, name: str) -> str:
         """A veth in B called ``name`` whose peer (returned) is also in B, up:
@@ -50,7 +53,9 @@ def veth_pair(prefix: str, addr_a: str, addr_b: str) -> Iterator[Pair]:
     """Two fresh namespaces (names starting ``prefix``) joined by a veth pair with
     ``addr_a``/``addr_b`` (/24), IPv6 off, removed afterwards."""
     tag = f"{os.getpid() % 1000}{int(time.time() * 1000) % 10000}"
-    p = Pair(f"{prefix}A{tag}", f"{prefix}B{tag}", f"{prefix}a{tag}", f"{prefix}b{tag}")
+    p = Pair(
+        f"{prefix}A{tag}", f"{prefix}B{tag}", f"{prefix}a{tag}", f"{prefix}b{tag}", addr_a, addr_b
+    )
     _run("ip", "netns", "add", p.ns_a)
     _run("ip", "netns", "add", p.ns_b)
     try:
@@ -90,3 +95,28 @@ def veth_pair(prefix: str, addr_a: str, addr_b: str) -> Iterator[Pair]:
     finally:
         subprocess.run(["ip", "netns", "del", p.ns_a], check=False)
         subprocess.run(["ip", "netns", "del", p.ns_b], check=False)
+
+
+def send_udp(pair: Pair, port: int, count: int = 1, sport: int = 40000) -> None:
+    """Send ``count`` UDP datagrams from A (port ``sport``) to B:``port``."""
+    with inside(pair.ns_a):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((pair.addr_a, sport))
+    try:
+        for _ in range(count):
+            s.sendto(b"flowc-test", (pair.addr_b, port))
+    finally:
+        s.close()
+
+
+def received(sock: socket.socket, limit: int = 20) -> int:
+    """How many datagrams arrive on ``sock`` (each wait bounded by its timeout),
+    counting at most ``limit``."""
+    n = 0
+    for _ in range(limit):
+        try:
+            sock.recv(2048)
+        except TimeoutError:
+            break
+        n += 1
+    return n

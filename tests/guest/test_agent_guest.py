@@ -35,9 +35,9 @@ from runtime.agent_metrics import Status, read_status
 from runtime.flower_installer import FlowerInstaller
 from runtime.flower_netlink import InstalledFilter
 from tests.guest.conftest import Pair, inside
+from tests.netns import received, send_udp
 
 REPO = Path(__file__).resolve().parent.parent.parent
-A_ADDR, B_ADDR = "10.198.0.1", "10.198.0.2"
 METRICS = "127.0.0.1:9468"
 POLICY = """\
 policy edge ingress on {dev} {{
@@ -117,34 +117,12 @@ def listeners(pair: Pair) -> Iterator[dict[int, socket.socket]]:
     with inside(pair.ns_b):
         for port in (5000, 5001, 6000):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((B_ADDR, port))
+            s.bind((pair.addr_b, port))
             s.settimeout(0.3)
             socks[port] = s
     yield socks
     for s in socks.values():
         s.close()
-
-
-def send_udp(pair: Pair, port: int, count: int = 1) -> None:
-    with inside(pair.ns_a):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((A_ADDR, 40000))
-    try:
-        for _ in range(count):
-            s.sendto(b"flowc-agent", (B_ADDR, port))
-    finally:
-        s.close()
-
-
-def drain(sock: socket.socket, limit: int = 100) -> int:
-    n = 0
-    for _ in range(limit):
-        try:
-            sock.recv(2048)
-        except TimeoutError:
-            break
-        n += 1
-    return n
 
 
 def device_filters(pair: Pair) -> list[InstalledFilter]:
@@ -185,7 +163,7 @@ def test_agent_end_to_end(
     try:
         # 1. the first packet goes through the slow path and earns a cache rule
         send_udp(pair, 5000)
-        assert drain(listeners[5000]) == 1
+        assert received(listeners[5000]) == 1
         first = wait_for("a cache rule for dport 5000", lambda: cache_rules(
             pair, "allow udp dport 5000", status(pair)))  # fmt: skip
         (rule,) = first
@@ -195,7 +173,7 @@ def test_agent_end_to_end(
         assert slow == 1
         # 2. later packets hit the flower rule, not the slow path
         send_udp(pair, 5000, count=5)
-        assert drain(listeners[5000]) == 5
+        assert received(listeners[5000]) == 5
         (after,) = cache_rules(pair, "allow udp dport 5000", status(pair))
         assert after.packets == rule.packets + 5
         wait_for("cache counts in the metrics", lambda: rule_status(
@@ -208,7 +186,7 @@ def test_agent_end_to_end(
         # 4. a policy update revalidates: 5001's rule changes verdict, 5000's does not
         send_udp(pair, 5000)
         send_udp(pair, 5001)
-        assert drain(listeners[5000]) == 1 and drain(listeners[5001]) == 1
+        assert received(listeners[5000]) == 1 and received(listeners[5001]) == 1
         wait_for("a cache rule for 5000 again", cached(pair, "allow udp dport 5000"))
         wait_for("a cache rule for 5001", cached(pair, "allow udp dport 5001"))
         policy_file.write_text(
@@ -221,7 +199,7 @@ def test_agent_end_to_end(
         assert cache_rules(pair, "allow udp dport 5000", after_update), "unchanged rule kept"
         assert not cache_rules(pair, "drop udp dport 5001", after_update)
         send_udp(pair, 5001, count=3)
-        assert drain(listeners[5001]) == 0  # the new verdict holds
+        assert received(listeners[5001]) == 0  # the new verdict holds
         wait_for("a drop cache rule for 5001", lambda: cache_rules(
             pair, "drop udp dport 5001", status(pair)))  # fmt: skip
         # 5. SIGKILL leaves rules behind; a new agent adopts or deletes them
@@ -245,7 +223,7 @@ def test_agent_end_to_end(
         assert len(cache_now) == started["adopted"]
         assert len(now) == len(cache_now) + 1  # and one catch-all trap: nothing doubled
         send_udp(pair, 5000, count=2)
-        assert drain(listeners[5000]) == 2
+        assert received(listeners[5000]) == 2
     finally:
         code = again.signal(signal.SIGTERM)
     assert code == 0, (tmp_path / "agent2.log").read_text()

@@ -22,7 +22,7 @@ from ir.model import Policy
 from runtime import tc_attach
 from runtime.bpf_abi import Event
 from runtime.bpf_loader import BpfLoadError, SlowPath
-from tests.netns import Pair, inside, veth_pair
+from tests.netns import Pair, inside, received, send_udp, veth_pair
 
 pytestmark = pytest.mark.kernel
 
@@ -76,28 +76,6 @@ def sniffer(pair: Pair) -> socket.socket:
         s.bind((pair.dev_a, 0))
         s.settimeout(0.3)
     return s
-
-
-def send_udp(pair: Pair, port: int, count: int = 1, sport: int = 40000) -> None:
-    with inside(pair.ns_a):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((A_ADDR, sport))
-    try:
-        for _ in range(count):
-            s.sendto(b"flowc-test", (B_ADDR, port))
-    finally:
-        s.close()
-
-
-def received(sock: socket.socket, limit: int = 20) -> int:
-    n = 0
-    for _ in range(limit):
-        try:
-            sock.recv(2048)
-        except TimeoutError:
-            break
-        n += 1
-    return n
 
 
 def came_back(sniff: socket.socket, port: int, limit: int = 50) -> int:
