@@ -37,13 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backends.bpf_c import BPF_DIR, lower
+from backends.bpf.emit import BPF_DIR, lower
 from bench.workloads import generate_rules, policy_text, trace_lines
 from compiler.frontend import compile_source
 from compiler.packet_syntax import parse_packet
 from runtime.bpf_loader import BpfLoadError, SlowPath
-from runtime.frames import frame
 from runtime.testrun import test_run
+from verify.frames import frame
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -81,8 +81,8 @@ def _generated(spec: TraceSpec, packets: int) -> tuple[Any, list[Any]]:
 
 
 def _corpus() -> tuple[Any, list[Any]] | None:
+    from cli.simulate import read_trace
     from compiler import classbench
-    from compiler.simulate_cmd import read_trace
 
     rules_file, trace_file = CORPUS / "jiachang_acl1_1k", CORPUS / "jiachang_acl1_1k_trace"
     if not rules_file.exists() or not trace_file.exists():
@@ -135,11 +135,11 @@ def agent_rows(flows: int) -> list[dict[str, Any]]:
     from backends.nic_profile import load_profile
     from bench.workloads import generate_rules, policy_text, trace_lines
     from compiler.packet_syntax import parse_packet
-    from runtime.agent import Agent, AgentConfig
+    from runtime.agent.core import Agent, AgentConfig
     from runtime.flow_cache import CacheConfig
-    from runtime.frames import frame
     from runtime.nic_model import NicModel
     from runtime.testrun import test_run
+    from verify.frames import frame
 
     policy = _policy(policy_text("acl", 1000, seed=1), "acl1000.fw")
     rules = generate_rules("acl", 1000, seed=1)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backends import flower
+from backends.flower import lowering as flower
 from backends.nic_profile import load_profile
 from bench.workloads import policy_text
 from compiler.frontend import compile_source
@@ -81,7 +81,7 @@ METHODS = ("wire", "pyroute2", "tc-batch")
 def guest_insertion(count: int, repeat: int, out: Path, methods: list[str]) -> None:
     """Runs inside the guest: time flowc's installer (wire encoder, and pyroute2's
     message classes) against tc -batch of the same filters, on fresh veths."""
-    from backends.flower_text import to_tc_batch
+    from backends.flower.text import to_tc_batch
     from runtime.flower_installer import FlowerInstaller
 
     policy = bench_policy("acl", count)

@@ -30,8 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _measure(job: str, family: str, size: int, profile: str, out: Any) -> None:
     """Runs in a child process: one measurement, result through the queue."""
-    from backends import flower
-    from backends.flower_verify import STALE, UNSOUND, audit, check, first_match_lists
+    from backends.flower import lowering as flower
     from backends.nic_profile import load_profile
     from bench.flower_bench import bench_policy
     from bench.workloads import policy_text
@@ -39,6 +38,7 @@ def _measure(job: str, family: str, size: int, profile: str, out: Any) -> None:
     from ir.diff import diff_policies
     from ir.equivalence import ANY, compare
     from ir.fields import HEADER_SPACE
+    from verify.flower import STALE, UNSOUND, audit, check, first_match_lists
 
     row: dict[str, Any] = {}
     if job == "audit":

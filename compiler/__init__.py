@@ -1,1 +1,1 @@
-"""The flowc DSL front end: grammar, parser, checks, lowering to IR, CLI."""
+"""The flowc DSL front end: grammar, parser, name/type checks, lowering to IR, diagnostics, fmt."""

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
+from compiler.ast import Pos
+from compiler.diagnostics import Diagnostic, error
 from compiler.lower import DSCP_NAMES, ICMP_TYPES
 from ir.fields import (
     FAMILY_IPV4,
@@ -46,6 +49,36 @@ class PacketSyntaxError(ValueError):
         super().__init__(message)
         self.message = message
         self.column = column
+
+
+@dataclass(frozen=True, slots=True)
+class PacketLine:
+    """One packet read from a file of packet lines, with the line it came from."""
+
+    line: int
+    text: str
+    packet: Packet
+
+
+def read_packet_lines(text: str, where: str) -> tuple[list[PacketLine], list[Diagnostic]]:
+    """Every packet of a file of packet lines (``#`` comments and blank lines skipped),
+    and a diagnostic (file:line:col, for a caret) for each line that cannot be read.
+
+    >>> lines, problems = read_packet_lines("udp 10.0.0.1:1 -> 10.0.0.2:53\\nudp x", "t.txt")
+    >>> [p.line for p in lines], [(d.pos.line, d.pos.column) for d in problems if d.pos]
+    ([1], [(2, 6)])
+    """
+    packets: list[PacketLine] = []
+    problems: list[Diagnostic] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if not raw.split("#", 1)[0].strip():
+            continue
+        try:
+            packets.append(PacketLine(lineno, raw, parse_packet(raw)))
+        except PacketSyntaxError as exc:
+            pos = Pos(where, lineno, exc.column, lineno, exc.column + 1)
+            problems.append(error("packet-syntax", exc.message, pos))
+    return packets, problems
 
 
 def parse_packet(text: str) -> Packet:

@@ -15,10 +15,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from backends.bpf_c import BPF_DIR, ENTRY_FUNCTION, BpfProgram, lower
-from backends.bpf_tables import DIR4, LPM6, dir_levels
+from backends.bpf import abi as bpf_abi
+from backends.bpf.emit import BPF_DIR, ENTRY_FUNCTION, BpfProgram, lower
+from backends.bpf.tables import DIR4, LPM6, dir_levels
 from ir.model import MIRROR, REDIRECT, Policy
-from runtime import bpf_abi
 from runtime.kernel_clock import JiffiesClock, kernel_hz
 
 LOG_TAIL_LINES = 25
@@ -99,7 +99,7 @@ class SlowPath:
     """A flowc program compiled, verified and loaded, with its maps filled.
 
     Args:
-        program: the generated C and tables (``backends.bpf_c.lower``).
+        program: the generated C and tables (``backends.bpf.emit.lower``).
         ifindex_of: resolves redirect/mirror devices to ifindexes.
         generation: policy generation stamped on miss events.
         events: emit miss events on the ring buffer.

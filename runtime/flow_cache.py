@@ -42,8 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from backends.flower import expand
-from backends.flower_rules import (
+from backends.flower.lowering import expand
+from backends.flower.rules import (
     ROLE_CACHE,
     Cookie,
     FlowerFilter,

@@ -4,9 +4,10 @@ Requests are encoded with :mod:`runtime.flower_wire` (precompiled layouts,
 byte-equal to pyroute2's message classes in :mod:`runtime.flower_netlink`,
 which stay selectable with ``codec="pyroute2"``) and sent many per
 ``sendmsg`` on one NETLINK_ROUTE socket with extended acks on, so a batch
-of N filters costs a few system calls instead of N round trips; every
-request asks for an ack, and each kernel error comes back with its extack
-text, matched to the filter (and its DSL line) by sequence number.
+of N filters costs a few system calls instead of N round trips. Requests ask
+for no ack: the kernel answers a refused request anyway, with its extack text
+(matched to the filter and its DSL line by sequence number), and each batch
+ends in an acked NLMSG_NOOP fence whose answer says every refusal has arrived.
 
 After an install, :meth:`FlowerInstaller.verify` dumps the hook and compares
 every filter with the request, and checks ``in_hw`` when hardware was asked
@@ -16,7 +17,6 @@ records a rule as offloaded when it is not.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import os
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from backends.flower_rules import FlowerFilter
+from backends.flower.rules import FlowerFilter
 from runtime.flower_netlink import (
     RTM_DELTFILTER,
     RTM_GETTFILTER,
@@ -43,26 +43,24 @@ from runtime.flower_netlink import (
     message_bytes,
 )
 from runtime.flower_wire import delete_filter_request, new_filter_request
-
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_ROOT = 0x100
-NLM_F_MATCH = 0x200
-NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
-NLM_F_REPLACE = 0x100
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLM_F_CAPPED = 0x100
-NLM_F_ACK_TLVS = 0x200
-NLMSG_NOOP = 1
-REPLY_TIMEOUT_S = 60.0
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-NLMSGERR_ATTR_MSG = 1
-_NLMSGHDR = struct.Struct("=IHHII")
+from runtime.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_NOOP,
+    NLMSGHDR,
+    REPLY_TIMEOUT_S,
+    error_code,
+    extack_text,
+    messages,
+    messages_raw,
+    route_socket,
+)
 
 # Requests per sendmsg: large enough to amortise the system call, small enough
 # that the acks (36 bytes each, more with extack) fit the receive buffer.
@@ -130,15 +128,7 @@ class FlowerInstaller:
         self.device = device
         self.direction = direction
         self.batch = batch
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, _RCVBUF)  # SO_RCVBUFFORCE (root)
-        self.sock.bind((0, 0))
-        # The kernel answers within milliseconds; a minute without an answer is
-        # a lost reply, reported, never an endless wait.
-        self.sock.settimeout(REPLY_TIMEOUT_S)
+        self.sock = route_socket(cap_ack=True, rcvbuf=_RCVBUF)
         self.seq = 1
 
     def __enter__(self) -> FlowerInstaller:
@@ -250,7 +240,7 @@ class FlowerInstaller:
         if not by_seq:
             return []
         fence_seq = self._next_seq()
-        fence = _NLMSGHDR.pack(_NLMSGHDR.size, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, fence_seq, 0)
+        fence = NLMSGHDR.pack(NLMSGHDR.size, NLMSG_NOOP, NLM_F_REQUEST | NLM_F_ACK, fence_seq, 0)
         self.sock.sendall(b"".join(m for m in messages if m is not None) + fence)
         failures = []
         fenced = False
@@ -279,11 +269,11 @@ class FlowerInstaller:
     def _read_acks(self) -> list[tuple[int, int, str]]:
         data = self._recv()
         out = []
-        for msg_type, flags, seq, payload in _messages(data):
+        for msg_type, flags, seq, payload in messages(data):
             if msg_type != NLMSG_ERROR:
                 continue
-            (error,) = struct.unpack_from("=i", payload, 0)
-            out.append((seq, -error, _extack_text(flags, payload)))
+            error = error_code(payload)
+            out.append((seq, -error, extack_text(flags, payload)))
         return out
 
     # ------------------------------------------------------------------- read
@@ -306,17 +296,17 @@ class FlowerInstaller:
         out: list[InstalledFilter] = []
         done = False
         while not done:
-            for msg_type, flags, got_seq, payload, raw in _messages_raw(self._recv()):
+            for msg_type, flags, got_seq, payload, raw in messages_raw(self._recv()):
                 if got_seq != seq:
                     continue
                 if msg_type == NLMSG_DONE:
                     done = True
                     break
                 if msg_type == NLMSG_ERROR:
-                    (error,) = struct.unpack_from("=i", payload, 0)
+                    error = error_code(payload)
                     if error:
                         raise FlowerInstallError(
-                            [FilterFailure(_no_filter(), -error, _extack_text(flags, payload))]
+                            [FilterFailure(_no_filter(), -error, extack_text(flags, payload))]
                         )
                     continue
                 decoded = flower_tcmsg(raw)
@@ -370,46 +360,10 @@ class FlowerInstaller:
 
 
 def _no_filter() -> FlowerFilter:
-    from backends.flower_rules import ETH_P_ALL, PASS, FlowerAction, FlowerMatch
+    from backends.flower.rules import ETH_P_ALL, PASS, FlowerAction, FlowerMatch
 
     return FlowerFilter(0, 1, 0, FlowerMatch(ETH_P_ALL), FlowerAction(PASS))
 
 
 def _index_name(ifindex: int) -> str:
     return socket.if_indextoname(ifindex)
-
-
-def _messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
-    return [(t, f, s, p) for t, f, s, p, _raw in _messages_raw(data)]
-
-
-def _messages_raw(data: bytes) -> list[tuple[int, int, int, bytes, bytes]]:
-    """Split a netlink buffer: (type, flags, seq, payload, whole message)."""
-    out = []
-    off = 0
-    while off + _NLMSGHDR.size <= len(data):
-        length, msg_type, flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if length < _NLMSGHDR.size:
-            break
-        out.append((msg_type, flags, seq, data[off + 16 : off + length], data[off : off + length]))
-        off += (length + 3) & ~3
-    return out
-
-
-def _extack_text(flags: int, payload: bytes) -> str:
-    """The NLMSGERR_ATTR_MSG of an error message, or ''."""
-    if not flags & NLM_F_ACK_TLVS:
-        return ""
-    # struct nlmsgerr: int error + the request's nlmsghdr (+ its payload unless capped).
-    off = 4 + 16
-    if not flags & NLM_F_CAPPED:
-        (req_len,) = struct.unpack_from("=I", payload, 4)
-        off = 4 + ((req_len + 3) & ~3)
-    while off + 4 <= len(payload):
-        nla_len, nla_type = struct.unpack_from("=HH", payload, off)
-        if nla_len < 4:
-            break
-        if nla_type & 0x3FFF == NLMSGERR_ATTR_MSG:
-            return payload[off + 4 : off + nla_len].rstrip(b"\0").decode(errors="replace")
-        off += (nla_len + 3) & ~3
-    return ""

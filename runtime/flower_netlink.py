@@ -10,7 +10,7 @@ Importing the module registers ``flower`` with pyroute2's tcmsg plugins, so
 pyroute2's own dumps decode flower options too.
 
 :func:`encode_filter` and :func:`decode_filter` convert between
-:class:`~backends.flower_rules.FlowerFilter` and these messages; what the
+:class:`~backends.flower.rules.FlowerFilter` and these messages; what the
 kernel reports back (packets, bytes, last use, in_hw) comes with the decoded
 filter as an :class:`InstalledFilter`.
 """
@@ -29,7 +29,7 @@ from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 from pyroute2.netlink.rtnl.tcmsg.common import stats2
 
-from backends.flower_rules import (
+from backends.flower.rules import (
     ETH_P_8021AD,
     ETH_P_8021Q,
     ETH_P_ALL,
@@ -41,6 +41,13 @@ from backends.flower_rules import (
     FlowerMatch,
     Masked,
     PortRange,
+)
+from backends.targets import (
+    TC_ACT_EXT_VAL_MASK,
+    TC_ACT_GOTO_CHAIN,
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    TC_ACT_STOLEN,
 )
 from ir.fields import FAMILY_IPV4, PROTO_SCTP, PROTO_TCP, PROTO_UDP
 from ir.model import DROP, MARK, MIRROR, REDIRECT
@@ -58,12 +65,6 @@ TCA_CLS_FLAGS_SKIP_SW = 1 << 1
 TCA_CLS_FLAGS_IN_HW = 1 << 2
 TCA_CLS_FLAGS_NOT_IN_HW = 1 << 3
 
-TC_ACT_OK = 0
-TC_ACT_SHOT = 2
-TC_ACT_PIPE = 3
-TC_ACT_STOLEN = 4
-TC_ACT_GOTO_CHAIN = 2 << 28
-TC_ACT_EXT_VAL_MASK = (1 << 28) - 1
 
 TCA_EGRESS_REDIR = 1
 TCA_EGRESS_MIRROR = 2

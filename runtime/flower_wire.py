@@ -20,7 +20,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from backends.flower_rules import (
+from backends.flower.rules import (
     ETH_P_ALL,
     PASS,
     TRAP,
@@ -54,10 +54,10 @@ from runtime.flower_netlink import (
     skbedit_options,
     tca_act_prio,
 )
+from runtime.netlink import NLMSGHDR, header
 
 NLA_F_NESTED = 0x8000
 
-_NLMSGHDR = struct.Struct("=IHHII")
 _TCMSG = struct.Struct("=BBHiIII")
 _NLA = struct.Struct("=HH")
 _BE16 = struct.Struct(">H")
@@ -248,8 +248,8 @@ def _action_body(a: FlowerAction, ifindex_of: Callable[[str], int]) -> bytes:
 
 
 def _message(msg_type: int, flags: int, seq: int, tcmsg: bytes, attrs: bytes) -> bytes:
-    length = _NLMSGHDR.size + len(tcmsg) + len(attrs)
-    return _NLMSGHDR.pack(length, msg_type, flags, seq, 0) + tcmsg + attrs
+    length = NLMSGHDR.size + len(tcmsg) + len(attrs)
+    return header(length, msg_type, flags, seq) + tcmsg + attrs
 
 
 def _tcmsg(f: FlowerFilter, ifindex: int, direction: str) -> bytes:

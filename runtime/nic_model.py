@@ -25,8 +25,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from backends.flower_rules import FlowerFilter, classify, ordered
-from backends.flower_verify import profile_problem
+from backends.flower.conformance import profile_problem
+from backends.flower.rules import FlowerFilter, classify, ordered
 from backends.nic_profile import NicProfile
 from ir.packet import Packet
 from runtime.flower_installer import FilterFailure, FlowerInstallError, Mismatch

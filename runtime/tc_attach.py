@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +20,21 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from runtime import bpf_syscall
-from runtime.flower_installer import NLMSG_ERROR, _extack_text, _messages
-from runtime.flower_netlink import RTM_DELTFILTER, RTM_NEWTFILTER, flower_tcmsg, message_bytes
+from backends.targets import ETH_P_ALL
+from runtime import bpf_syscall, netlink
+from runtime.flower_netlink import (
+    RTM_DELTFILTER,
+    RTM_NEWTFILTER,
+    flower_tcmsg,
+    hook_parent,
+    message_bytes,
+)
+from runtime.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
 
 BPF_PRIO = 49152
 BPF_HANDLE = 1
-ETH_P_ALL = 0x0003
-PARENT = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
+TCA_BPF_FLAG_ACT_DIRECT = 1
+PARENT = {direction: hook_parent(direction) for direction in ("ingress", "egress")}
 BPFFS = Path("/sys/fs/bpf")
 PIN_DIR = BPFFS / "flowc"
 MODES = ("tc", "tcx")
@@ -88,27 +94,15 @@ def _chain_request(
             ["TCA_BPF_CLASSID", 1],
             ["TCA_BPF_FD", prog_fd],
             ["TCA_BPF_NAME", "flowc"],
-            ["TCA_BPF_FLAGS", 1],  # TCA_BPF_FLAG_ACT_DIRECT
+            ["TCA_BPF_FLAGS", TCA_BPF_FLAG_ACT_DIRECT],
         ]
         attrs.append(["TCA_OPTIONS", {"attrs": options}])
     msg["attrs"] = attrs
-    flags = 0x1 | 0x4  # NLM_F_REQUEST | NLM_F_ACK
+    flags = NLM_F_REQUEST | NLM_F_ACK
     if not delete:
-        flags |= 0x400 | 0x100  # NLM_F_CREATE | NLM_F_REPLACE
+        flags |= NLM_F_CREATE | NLM_F_REPLACE
     data = message_bytes(msg, RTM_DELTFILTER if delete else RTM_NEWTFILTER, flags, 1)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
-        sock.setsockopt(270, 11, 1)  # SOL_NETLINK, NETLINK_EXT_ACK
-        sock.bind((0, 0))
-        sock.sendall(data)
-        for _ in range(64):  # one ack is expected; bound the wait for it
-            for msg_type, ack_flags, seq, payload in _messages(sock.recv(65536)):
-                if msg_type != NLMSG_ERROR or seq != 1:
-                    continue
-                (error,) = struct.unpack_from("=i", payload, 0)
-                if error:
-                    text = _extack_text(ack_flags, payload) or os.strerror(-error)
-                    raise OSError(-error, text)
-                return
+    if not netlink.request(data, 1):
         raise AttachError("the kernel did not acknowledge the cls_bpf request")
 
 

@@ -57,8 +57,15 @@ fi
 
 stamp=.venv/.flowc-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    # pip and setuptools narrate an editable install at length; keep their
+    # output in a log and show it only when the install fails.
+    log=.venv/pip-install.log
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e '.[dev]'; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "setup: pip install failed (log above, kept in $log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
 .venv/bin/python -c 'import bcc' 2>/dev/null && echo "setup: bcc importable" || echo "setup: bcc NOT importable (kernel tier will skip)"

@@ -11,6 +11,6 @@ echo "== ruff format";       .venv/bin/ruff format --check .
 echo "== mypy";              .venv/bin/mypy
 echo "== pytest"
 # Doctests in the packages run alongside the tests.
-"$PY" -m pytest -q tests compiler ir backends runtime "$@"
+"$PY" -m pytest -q tests compiler ir backends runtime verify cli "$@"
 echo "== guest kernel tier (virtme-ng, Debian kernel; boots once)"
 FLOWC_REQUIRE_GUEST=1 "$PY" -m tests.guest_runner tests/guest

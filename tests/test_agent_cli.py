@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
+from cli.main import main
 
 
 def test_agent_needs_a_policy(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from runtime.agent import RuleCounters, Snapshot
-from runtime.agent_metrics import SnapshotCollector, parse_status
+from runtime.agent.core import RuleCounters, Snapshot
+from runtime.agent.metrics import SnapshotCollector, parse_status
 
 
 def snapshot() -> Snapshot:

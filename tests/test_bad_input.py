@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
+from cli.main import main
 from tests.conftest import ROOT
 
 
@@ -107,7 +107,7 @@ def test_huge_file_gives_a_result(tmp_path: Path) -> None:
     path = tmp_path / "huge.fw"
     path.write_text("policy p ingress on eth0 {\n    default drop\n" + body + "}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "compiler.cli", "compile", str(path), "-o", str(tmp_path / "o")],
+        [sys.executable, "-m", "cli.main", "compile", str(path), "-o", str(tmp_path / "o")],
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from backends.bpf_c import lower, maps_json
-from compiler.cli import main
+from backends.bpf.emit import lower, maps_json
+from cli.main import main
 from compiler.frontend import compile_file, compile_source
 from ir.model import Policy
 from tests.conftest import EXAMPLES

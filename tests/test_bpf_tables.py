@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.bpf_tables import ClassifierTables, build_tables
+from backends.bpf.tables import ClassifierTables, build_tables
 from compiler.frontend import compile_file
 from compiler.packet_syntax import parse_packet
 from ir.interp import evaluate
@@ -59,7 +59,7 @@ def test_many_rules_span_several_words_and_summaries() -> None:
 
 def _dir_lookup(levels: tuple[list[int], list[int], list[int]], addr: int) -> int:
     """What the generated C does with the DIR-16-8-8 arrays."""
-    from backends.bpf_tables import DIR_CHUNK
+    from backends.bpf.tables import DIR_CHUNK
 
     level1, level2, level3 = levels
     entry = level1[addr >> 16]
@@ -77,7 +77,7 @@ def _dir_lookup(levels: tuple[list[int], list[int], list[int]], addr: int) -> in
 def test_ipv4_direct_arrays_agree_with_the_classes(prefixes: list, probes: list) -> None:
     import ipaddress
 
-    from backends.bpf_tables import build_field_table, dir_levels
+    from backends.bpf.tables import build_field_table, dir_levels
 
     lines = "\n".join(
         f" allow from {ipaddress.IPv4Network((v, plen), strict=False)}" for v, plen in prefixes

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from compiler import classbench
-from compiler.cli import main
 from compiler.frontend import compile_source
 from compiler.packet_syntax import parse_packet
 from ir.interp import evaluate

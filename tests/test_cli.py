@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
+from cli.main import main
 from tests.conftest import EXAMPLES, ROOT
 
 UPLINK = str(EXAMPLES / "uplink.fw")
@@ -176,10 +176,42 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_help() -> None:
     flowc = Path(sys.executable).with_name("flowc")
-    exe = [str(flowc)] if flowc.exists() else [sys.executable, "-m", "compiler.cli"]
+    exe = [str(flowc)] if flowc.exists() else [sys.executable, "-m", "cli.main"]
     result = subprocess.run([*exe, "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0
     for command in ("compile", "check", "eval", "fmt", "import"):
         assert command in result.stdout
     result = subprocess.run([*exe, "eval", "--help"], capture_output=True, text=True)
     assert "PROTO SRC -> DST" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["check", "{bad}"],
+        ["compile", "{bad}"],
+        ["compile", "{bad}", "--emit", "flower"],
+        ["eval", "{bad}", "--packet", "udp 10.0.0.1:1 -> 10.0.0.2:53"],
+        ["load", "{bad}", "--dev", "lo"],
+        ["verify", "{bad}", "--no-bpf"],
+        ["diff", "{bad}", "{good}"],
+        ["diff", "{good}", "{bad}"],
+        ["audit", "--policy", "{bad}", "--filters", "{good}"],
+        ["simulate", "--policy", "{bad}", "--trace", "{good}"],
+        ["agent", "--policy", "{bad}"],
+    ],
+    ids=lambda argv: "-".join(a for a in argv if not a.startswith("{")),
+)
+def test_a_policy_with_errors_exits_1_from_every_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
+) -> None:
+    """One exit status for one meaning: every command that reads a policy says 1
+    for a policy with errors, with file:line:col and a caret on stderr."""
+    bad = tmp_path / "bad.fw"
+    bad.write_text("policy p ingress on eth0 {\n    default drop\n    allow tcp to nowhere\n}\n")
+    good = tmp_path / "good.fw"
+    good.write_text("policy p ingress on eth0 {\n    default drop\n}\n")
+    code = main([a.format(bad=bad, good=good) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{bad}:3:" in err and "^" in err

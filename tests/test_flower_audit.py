@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends import flower
-from backends.flower_rules import (
+from backends.flower import lowering as flower
+from backends.flower.rules import (
     TRAP,
     FlowerAction,
     FlowerFilter,
@@ -29,7 +29,6 @@ from backends.flower_rules import (
     classify,
     ordered,
 )
-from backends.flower_verify import SOUND, STALE, UNCHECKED, UNSOUND, Audit, audit
 from backends.nic_profile import load_profile
 from compiler.frontend import compile_source
 from ir.equivalence import ANY, Entry, compare
@@ -39,6 +38,7 @@ from ir.model import Action, Match, Policy
 from tests.test_analysis import make_policy, rules
 from tests.test_flower import EXAMPLE_PATHS, EXAMPLES, example_policies
 from tests.test_flower_verify import mutants
+from verify.flower import SOUND, STALE, UNCHECKED, UNSOUND, Audit, audit
 
 
 def reference_unsound(policy: Policy, filters: list[FlowerFilter]) -> set[int]:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends import flower
-from backends.flower_rules import (
+from backends.flower import lowering as flower
+from backends.flower.rules import (
     ETH_P_8021AD,
     ETH_P_8021Q,
     ETH_P_IP,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from backends import flower
-from backends.flower_rules import FlowerFilter
-from backends.flower_text import (
+from backends.flower import lowering as flower
+from backends.flower.rules import FlowerFilter
+from backends.flower.text import (
     FlowerTextError,
     filter_words,
     parse_tc_json,

@@ -22,8 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends import flower
-from backends.flower_rules import (
+from backends.flower import lowering as flower
+from backends.flower.conformance import profile_violations
+from backends.flower.rules import (
     FlowerAction,
     FlowerFilter,
     FlowerMatch,
@@ -33,12 +34,6 @@ from backends.flower_rules import (
     action_for,
     classify,
     ordered,
-)
-from backends.flower_verify import (
-    FlowerCheckError,
-    check,
-    first_match_lists,
-    profile_violations,
 )
 from backends.nic_profile import load_profile
 from ir.algebra import full_cube, subtract, witness
@@ -52,6 +47,7 @@ from tests.test_analysis import make_policy, rules
 from tests.test_flower import EXAMPLE_PATHS, example_policies
 from tests.test_flower_netlink import filters as random_filters
 from tests.test_packet_syntax import packets
+from verify.flower import FlowerCheckError, check, first_match_lists
 
 
 def disagree(policy: Policy, flt: list[FlowerFilter], packet: Packet) -> bool:

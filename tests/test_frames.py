@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ir.packet import Packet
-from runtime.frames import MALFORMED, NOT_IP, frame, hop_by_hop, parse_frame
 from tests.test_packet_syntax import packets
+from verify.frames import MALFORMED, NOT_IP, frame, hop_by_hop, parse_frame
 
 
 @given(packets(), st.binary(max_size=8))

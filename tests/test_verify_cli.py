@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
+from cli.main import main
 from compiler.frontend import compile_file, compile_source
 from compiler.packet_syntax import parse_packet
 from ir.diff import diff_policies

@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from backends.flower_rules import ROLE_CACHE
+from backends.flower.rules import ROLE_CACHE
 from runtime import tc_attach
-from runtime.agent_metrics import Status, read_status
+from runtime.agent.metrics import Status, read_status
 from runtime.flower_installer import FlowerInstaller
 from runtime.flower_netlink import InstalledFilter
 from tests.guest.conftest import Pair, inside
@@ -71,7 +71,7 @@ class AgentProcess:
         self.log = log.open("w")
         cmd = [
             "ip", "netns", "exec", pair.ns_b,
-            sys.executable, "-m", "compiler.cli", "agent",
+            sys.executable, "-m", "cli.main", "agent",
             "--policy", str(policy), "--no-proactive", "--max-idle", "3",
             "--poll-interval", "0.5", "--metrics-addr", METRICS, *extra,
         ]  # fmt: skip

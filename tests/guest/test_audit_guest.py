@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from backends import flower
-from backends.flower_rules import TRAP, FlowerFilter
-from compiler.cli import main
+from backends.flower import lowering as flower
+from backends.flower.rules import TRAP, FlowerFilter
+from cli.main import main
 from compiler.frontend import compile_source
 from compiler.packet_syntax import parse_packet
 from ir.model import Policy
 from runtime.flower_installer import FlowerInstaller
-from runtime.frames import frame
 from tests.guest.conftest import Pair, inside
 from tests.guest.test_flower_guest import send_frames, target_devices
+from verify.frames import frame
 
 WEB = Path(__file__).resolve().parent.parent.parent / "examples" / "web-tier.fw"
 OLD_RULE = "allow tcp from lb to webs dport 8080"

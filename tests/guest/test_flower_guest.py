@@ -19,17 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from backends import flower
-from backends.flower_rules import FlowerFilter, classify, ordered
-from backends.flower_text import parse_tc_json, to_tc_batch
+from backends.flower import lowering as flower
+from backends.flower.rules import FlowerFilter, classify, ordered
+from backends.flower.text import parse_tc_json, to_tc_batch
 from compiler.frontend import compile_file, compile_source
 from ir.analysis import region_witnesses
 from ir.interp import evaluate
 from ir.model import MIRROR, REDIRECT, Policy
 from ir.packet import Packet
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
-from runtime.frames import frame
 from tests.guest.conftest import Pair, inside, sh
+from verify.frames import frame
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 EXAMPLE_PATHS = sorted([*EXAMPLES.glob("*.fw"), EXAMPLES / "multi-file" / "main.fw"])

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends.bpf_c import lower
+from backends.bpf.emit import lower
 from ir.model import Policy
 from runtime.bpf_loader import SlowPath
 from tests.netns import inside

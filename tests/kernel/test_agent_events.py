@@ -15,17 +15,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends.flower_rules import ROLE_CACHE, ROLE_CUTOFF, action_for
+from backends.flower.rules import ROLE_CACHE, ROLE_CUTOFF, action_for
 from backends.nic_profile import load_profile
 from compiler.frontend import compile_source
 from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
-from runtime.agent import CATCH_ALL_PRIO, GUARD_PRIO, Agent, AgentConfig
+from runtime.agent.core import CATCH_ALL_PRIO, GUARD_PRIO, Agent, AgentConfig
 from runtime.flow_cache import CacheConfig
-from runtime.frames import frame
 from runtime.nic_model import NicModel
 from runtime.testrun import test_run as run_frame
+from verify.frames import frame
 
 pytestmark = pytest.mark.kernel
 

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends.bpf_c import lower
+from backends.bpf.abi import Event
+from backends.bpf.emit import lower
 from compiler.frontend import compile_source
 from ir.model import Policy
 from runtime import tc_attach
-from runtime.bpf_abi import Event
 from runtime.bpf_loader import BpfLoadError, SlowPath
 from tests.netns import Pair, inside, received, send_udp, veth_pair
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backends.targets import TC_ACT_OK, TC_ACT_SHOT
 from bench.workloads import generate_rules, policy_text, trace_lines
 from compiler import classbench
 from compiler.frontend import compile_file, compile_source
@@ -23,14 +24,13 @@ from compiler.packet_syntax import parse_packet
 from ir.analysis import region_witnesses
 from ir.model import Policy
 from ir.packet import Packet
-from runtime.bpf_abi import TC_ACT_OK, TC_ACT_SHOT
-from runtime.bpf_verify import expected, on_the_wire
-from runtime.frames import MALFORMED, NOT_IP, frame, hop_by_hop, parse_frame
 from runtime.testrun import TestRunError
 from runtime.testrun import test_run as kernel_run
 from tests.conftest import CORPORA, EXAMPLES
 from tests.kernel.conftest import Loaded, inside
 from tests.test_packet_syntax import packets
+from verify.bpf import expected, on_the_wire
+from verify.frames import MALFORMED, NOT_IP, frame, hop_by_hop, parse_frame
 
 pytestmark = pytest.mark.kernel
 
@@ -215,7 +215,7 @@ def test_same_shape_update_is_a_map_refill(run_netns: str, memo: bool) -> None:
     """A new policy of the same shape goes live by refilling the idle bank and
     flipping one word: the program (and its fd) stay, verdicts change, and no
     class tuple remembered under the old tables answers for the new ones."""
-    from backends.bpf_c import ShapeChanged, lower
+    from backends.bpf.emit import ShapeChanged, lower
     from runtime.bpf_loader import SlowPath
 
     def policy_from(text: str) -> Policy:

@@ -3,7 +3,7 @@
 A :class:`FlowerFilter` is one tc-flower filter as the kernel holds it
 (chain, priority, handle, protocol, keys, one action, flags, cookie). The
 lowering in :mod:`backends.flower` produces them; the text forms in
-:mod:`backends.flower_text` print and parse them; the netlink codec in
+:mod:`backends.flower.text` print and parse them; the netlink codec in
 :mod:`runtime.flower_netlink` encodes and decodes them. :func:`classify` is
 flower's semantics over IR packets (priority order, masks, ranges), the
 reference the unit tests and the equivalence checker hold the lowering to.
@@ -15,17 +15,13 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from backends.targets import ETH_P_8021AD, ETH_P_8021Q, ETH_P_ALL, ETH_P_IP, ETH_P_IPV6
 from ir.algebra import Cube, full_cube
 from ir.fields import FAMILY_IPV4, FAMILY_IPV6, HEADER_SPACE
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Action, Origin
 from ir.packet import Packet
 from ir.valueset import ValueSet
 
-ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
-ETH_P_IPV6 = 0x86DD
-ETH_P_8021Q = 0x8100
-ETH_P_8021AD = 0x88A8
 VLAN_PROTOCOLS = (ETH_P_8021Q, ETH_P_8021AD)
 ETH_FOR_FAMILY = {FAMILY_IPV4: ETH_P_IP, FAMILY_IPV6: ETH_P_IPV6}
 FAMILY_FOR_ETH = {v: k for k, v in ETH_FOR_FAMILY.items()}

@@ -4,7 +4,7 @@ Two classification strategies share everything else (parsing, actions,
 counters, events: the C in ``bpf/``):
 
 * ``bitvec`` (default): per-field lookups into maps filled from
-  :mod:`backends.bpf_tables`, then a bit-vector AND. The C only depends on
+  :mod:`backends.bpf.tables`, then a bit-vector AND. The C only depends on
   which fields the policy uses and on table capacities; rule changes of the
   same shape are map updates.
 * ``chain``: one ``if`` per rule, in priority order. The baseline the
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.bpf_tables import (
+from backends.bpf.tables import (
     ARRAY,
     DIR4,
     LPM6,
@@ -31,7 +31,7 @@ from ir.fields import HEADER_SPACE, RENDER_IP4, RENDER_IP6
 from ir.model import Policy, Rule
 from ir.valueset import ValueSet
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 STRATEGIES = ("bitvec", "chain")
 # Class tuples the bitvec classifier remembers, per CPU (direct-mapped: a tuple
 # evicts the one that hashed to its slot). 32 bytes each: 256 KiB per CPU.

@@ -16,15 +16,15 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from backends.bpf_c import lower
+from backends.bpf.emit import lower
+from backends.targets import TC_ACT_NAMES, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
 from ir.algebra import witness
 from ir.analysis import region_witnesses
 from ir.fields import HEADER_SPACE
 from ir.interp import evaluate
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Policy, Rule
 from ir.packet import Packet, point_problems
-from runtime.bpf_abi import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
-from runtime.frames import frame
+from verify.frames import frame
 
 RETVAL = {
     ALLOW: TC_ACT_OK,
@@ -33,7 +33,6 @@ RETVAL = {
     MIRROR: TC_ACT_OK,
     MARK: TC_ACT_OK,
 }
-_TC_NAMES = {TC_ACT_OK: "TC_ACT_OK", TC_ACT_SHOT: "TC_ACT_SHOT", TC_ACT_REDIRECT: "TC_ACT_REDIRECT"}
 
 
 class BpfCheckUnavailable(RuntimeError):
@@ -60,7 +59,7 @@ class BpfCounterexample:
     def bpf_verdict(self) -> str:
         """The program's answer in words."""
         retval, rule, mark = self.got
-        name = _TC_NAMES.get(retval, str(retval))
+        name = TC_ACT_NAMES.get(retval, str(retval))
         return f"{name} rule {rule if rule is not None else 'none'} mark {mark:#x}"
 
 

@@ -17,9 +17,6 @@ ACTION_F_PEER = 1
 CONFIG_F_EVENTS = 1
 CONFIG_F_NO_MEMO = 2
 
-TC_ACT_OK = 0
-TC_ACT_SHOT = 2
-TC_ACT_REDIRECT = 7
 
 STATUS_NAMES = ("not_ip", "malformed", "no_rule", "events_lost", "events_sent")
 

@@ -24,17 +24,14 @@ from collections import defaultdict
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
-from backends.flower_rules import (
+from backends.flower.rules import (
     TRAP,
     FlowerAction,
     FlowerFilter,
     FlowerMatchError,
-    Masked,
-    PortRange,
     action_for,
     ordered,
 )
-from backends.nic_profile import NicProfile
 from ir.algebra import Cube, intersect, is_feasible, subtract, witness
 from ir.analysis import OverlapIndex
 from ir.equivalence import ANY, Entry, FirstMatch, agree, check_refinement
@@ -394,80 +391,3 @@ def _cookie_note(f: FlowerFilter, generation: int | None) -> str:
     if generation is None or f.cookie is None or f.cookie.generation == generation:
         return ""
     return f"; installed by generation {f.cookie.generation}, the policy is generation {generation}"
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileViolation:
-    """A filter placed in hardware that the NIC profile says the device cannot hold."""
-
-    filter: FlowerFilter | None
-    problem: str
-
-    def __str__(self) -> str:
-        if self.filter is None:
-            return self.problem
-        where = f" ({self.filter.origin})" if self.filter.origin else ""
-        return f"{self.filter.label()}{where}: {self.problem}"
-
-
-_KEY_KIND = {
-    "vlan_id": "vlan_id",
-    "ip_proto": "ip_proto",
-    "ip_tos": "ip_tos",
-    "src_port": "ports",
-    "dst_port": "ports",
-    "tcp_flags": "tcp_flags",
-    "icmp_type": "icmp",
-    "icmp_code": "icmp",
-}
-
-
-def profile_problem(f: FlowerFilter, profile: NicProfile) -> str | None:
-    """Why the device ``profile`` describes cannot hold filter ``f`` (None: it can)."""
-    if not profile.allows_action(f.action.kind):
-        return f"action {f.action.kind} is not offloaded by {profile.name}"
-    m = f.match
-    for name, key in m.key_items():
-        if name in ("src_ip", "dst_ip"):
-            kind, width = ("ipv4", 32) if m.family == 4 else ("ipv6", 128)
-            assert isinstance(key, Masked)
-            if profile.address_masks == "prefix" and not _is_prefix_mask(key.mask, width):
-                return f"{name} mask {key.mask:#x} is not a prefix ({profile.name})"
-        else:
-            kind = _KEY_KIND.get(name, "")
-        if kind and not profile.allows_field(kind):
-            return f"key {name} is not matched by {profile.name}"
-        if isinstance(key, PortRange) and not profile.port_ranges:
-            return f"{name} is a port range; {profile.name} has no range matching"
-    return None
-
-
-def _is_prefix_mask(mask: int, width: int) -> bool:
-    low = ~mask & ((1 << width) - 1)
-    return low & (low + 1) == 0
-
-
-def profile_violations(
-    filters: Sequence[FlowerFilter], profile: NicProfile
-) -> list[ProfileViolation]:
-    """What in ``filters`` exceeds ``profile``: keys, masks or actions it lacks,
-    more filters or distinct masks than the device holds."""
-    out = [
-        ProfileViolation(f, problem)
-        for f in filters
-        if (problem := profile_problem(f, profile)) is not None
-    ]
-    if len(filters) > profile.max_rules:
-        out.append(
-            ProfileViolation(
-                None, f"{len(filters)} filters; {profile.name} holds {profile.max_rules}"
-            )
-        )
-    masks = {f.match.mask_signature() for f in filters}
-    if len(masks) > profile.max_masks:
-        out.append(
-            ProfileViolation(
-                None, f"{len(masks)} distinct masks; {profile.name} holds {profile.max_masks}"
-            )
-        )
-    return out

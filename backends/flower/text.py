@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from backends.flower_rules import (
+from backends.flower.rules import (
     ETH_P_8021AD,
     ETH_P_8021Q,
     ETH_P_ALL,

@@ -29,7 +29,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.flower_rules import (
+from backends.flower.rules import (
     ETH_FOR_FAMILY,
     ETH_P_8021AD,
     ETH_P_8021Q,

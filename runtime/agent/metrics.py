@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from runtime.agent import TIERS, Snapshot
+from runtime.agent.core import TIERS, Snapshot
 
 PREFIX = "flowc"
 EVICTION_REASONS = {

@@ -18,12 +18,24 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
 
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_USAGE = 2
-EXIT_NO_AGENT = 3
+from cli.common import (
+    ExitCode,
+    Subparsers,
+    UsageError,
+    add_profile_options,
+    profile_from_args,
+    select_policy,
+)
+from compiler.diagnostics import render, summary
+from compiler.frontend import compile_file
+from ir.model import Policy
+from runtime.agent.core import Agent, AgentConfig, AgentError, structured
+from runtime.agent.metrics import read_status, serve
+from runtime.bpf_loader import BpfLoadError
+from runtime.flow_cache import CacheConfig
+
 DEFAULT_METRICS = "127.0.0.1:9468"
 
 
@@ -33,15 +45,11 @@ class PolicyLoadError(Exception):
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        from runtime.agent import structured
-
         return json.dumps(structured(record), sort_keys=False)
 
 
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        from runtime.agent import structured
-
         fields = structured(record)
         head = f"{time.strftime('%H:%M:%S', time.localtime(fields.pop('ts')))} "
         head += f"{fields.pop('level')}: {fields.pop('event')}"
@@ -57,20 +65,17 @@ def _setup_logging(fmt: str, level: str) -> None:
     logger.propagate = False
 
 
-def policy_loader(path: str, hook: str | None) -> Any:
+def policy_loader(path: str, hook: str | None) -> Callable[[], Policy]:
     """A callable compiling ``path`` and returning the selected IR policy, or
     raising PolicyLoadError with the rendered diagnostics."""
-    from compiler.cli import UsageError, _select_policy
-    from compiler.diagnostics import render, summary
-    from compiler.frontend import compile_file
 
-    def load() -> Any:
+    def load() -> Policy:
         result = compile_file(path)
         if not result.ok or result.program is None:
             text = "\n".join(render(d, result.sources) for d in result.diagnostics)
             raise PolicyLoadError(f"{text}\n{path}: {summary(result.diagnostics)}")
         try:
-            return _select_policy(result.program, hook)
+            return select_policy(result.program, hook)
         except UsageError as exc:
             raise PolicyLoadError(str(exc)) from None
 
@@ -84,18 +89,13 @@ def _mtime(path: str) -> float:
         return 0.0
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``flowc agent [status]``."""
     if args.action == "status":
-        return cmd_status(args)
+        return run_status(args)
     if args.policy is None:
         print("flowc: error: agent needs --policy POLICY", file=sys.stderr)
-        return EXIT_USAGE
-    from compiler.cli import profile_from_args
-    from runtime.agent import Agent, AgentConfig, AgentError
-    from runtime.agent_metrics import serve
-    from runtime.bpf_loader import BpfLoadError
-    from runtime.flow_cache import CacheConfig
+        return ExitCode.USAGE
 
     _setup_logging(args.log_format, args.log_level)
     log = logging.getLogger("flowc.agent")
@@ -105,7 +105,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     compile_policy = policy_loader(args.policy, args.hook)
     seen = 0.0
 
-    def load() -> Any:
+    def load() -> Policy:
         # Remember the version read, so a SIGHUP for an edit is not followed by
         # a second reload when the loop notices the same edit's mtime.
         nonlocal seen
@@ -116,7 +116,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         first = load()
     except PolicyLoadError as exc:
         print(exc, file=sys.stderr)
-        return EXIT_FAIL
+        return ExitCode.FAIL
     config = AgentConfig(
         device=args.dev or first.hook.device,
         direction=args.direction or first.hook.direction,
@@ -152,14 +152,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except (AgentError, BpfLoadError) as exc:
         print(f"flowc: error: {exc}", file=sys.stderr)
         agent.stop()
-        return EXIT_FAIL
+        return ExitCode.FAIL
     if args.metrics_addr != "none":
         try:
             host, port = serve(lambda: agent.snapshot, args.metrics_addr)
         except (OSError, ValueError) as exc:
             print(f"flowc: error: metrics on {args.metrics_addr}: {exc}", file=sys.stderr)
             agent.stop()
-            return EXIT_FAIL
+            return ExitCode.FAIL
         log.info("metrics", extra={"fields": {"url": f"http://{host}:{port}/metrics"}})
 
     def policy_changed() -> bool:
@@ -170,22 +170,20 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except AgentError as exc:
         print(f"flowc: error: {exc}", file=sys.stderr)
         agent.stop()
-        return EXIT_FAIL
+        return ExitCode.FAIL
     agent.stop()
-    return EXIT_OK
+    return ExitCode.OK
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def run_status(args: argparse.Namespace) -> int:
     """``flowc agent status``: scrape the agent's metrics and show them."""
-    from runtime.agent_metrics import read_status
-
     address = args.metrics_addr if args.metrics_addr != "none" else DEFAULT_METRICS
     url = address if address.startswith("http") else f"http://{address}/metrics"
     try:
         status = read_status(url)
     except OSError as exc:
         print(f"flowc: no agent answers at {url}: {exc}", file=sys.stderr)
-        return EXIT_NO_AGENT
+        return ExitCode.UNAVAILABLE
     rules = sorted(status.rules.values(), key=lambda r: (-r.total_packets, r.rule))
     if args.json:
         print(
@@ -208,7 +206,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-        return EXIT_OK
+        return ExitCode.OK
     a = status.agent
     print(
         f"generation {a.get('generation', 0):.0f}: {a.get('occupancy', 0):.0f} cache rules "
@@ -233,10 +231,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         last = f"{now - r.last_hit:.0f}s ago" if r.last_hit else "never"
         counts = "".join(f" {r.packets.get(t, 0):>10.0f}" for t in ("slow", "cache", "flower"))
         print(f"{r.line:24}{counts} {last:>10}  {r.text}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
-def add_parsers(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     """Register ``agent`` on the CLI's subcommand parser."""
     p = sub.add_parser(
         "agent",
@@ -247,8 +245,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--hook", metavar="NAME", help="the policy to run (needed if several)")
     p.add_argument("--dev", help="device (default: the policy's own)")
     p.add_argument("--direction", choices=["ingress", "egress"], help="default: the policy's own")
-    p.add_argument("--profile", default="software")
-    p.add_argument("--profile-set", action="append", metavar="KEY=VALUE")
+    add_profile_options(p, help_text="NIC profile of the hook's device (default software)")
     p.add_argument(
         "--offload",
         choices=["skip_sw", "skip_hw", "none"],
@@ -282,4 +279,4 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="status: JSON")
     p.add_argument("--top", type=int, default=20, help="status: rules with traffic shown")
     p.add_argument("--all", action="store_true", help="status: every rule")
-    p.set_defaults(func=cmd_agent)
+    p.set_defaults(func=run)

@@ -35,9 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from backends import flower
-from backends.bpf_c import ShapeChanged, lower
-from backends.flower_rules import (
+from backends.bpf.abi import Event
+from backends.bpf.emit import ShapeChanged, lower
+from backends.flower import lowering as flower
+from backends.flower.rules import (
     ETH_P_ALL,
     ROLE_CACHE,
     ROLE_CUTOFF,
@@ -52,7 +53,6 @@ from backends.nic_profile import NicProfile
 from ir.model import Policy
 from ir.packet import Point
 from runtime import tc_attach
-from runtime.bpf_abi import Event
 from runtime.bpf_loader import SlowPath
 from runtime.flow_cache import CacheConfig, FlowCache
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError

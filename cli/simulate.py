@@ -10,16 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
+from cli.common import (
+    ExitCode,
+    InputError,
+    Subparsers,
+    add_profile_options,
+    compile_policy,
+    packet_lines,
+    profile_from_args,
+    read_text,
+)
 from compiler.classbench import ClassBenchError, parse_trace, trace_packet_line
-from compiler.packet_syntax import PacketSyntaxError, parse_packet
+from compiler.diagnostics import render
+from compiler.packet_syntax import parse_packet
 from ir.packet import Packet
-
-EXIT_OK = 0
-EXIT_USAGE = 2
+from runtime.flow_cache import CacheConfig
+from runtime.simulate import simulate
 
 
 class TraceError(ValueError):
@@ -29,9 +36,9 @@ class TraceError(ValueError):
 def read_trace(path: str) -> list[Packet]:
     """Every packet of the trace file at ``path``."""
     try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise TraceError(f"{path}: {err.strerror}") from None
+        text = read_text(path)
+    except InputError as err:
+        raise TraceError(str(err)) from None
     lines = text.splitlines()
     first = next((line for line in lines if line.split("#", 1)[0].strip()), "")
     if first and all(tok.isdigit() for tok in first.split()):
@@ -39,40 +46,23 @@ def read_trace(path: str) -> list[Packet]:
             return [parse_packet(trace_packet_line(p)) for p in parse_trace(lines)]
         except ClassBenchError as err:
             raise TraceError(f"{path}:{err.line}: error: {err.message}") from None
-    return list(_eval_packets(path, lines))
+    packets, problems, sources = packet_lines(text, path)
+    if problems:
+        raise TraceError(render(problems[0], sources))
+    return [p.packet for p in packets]
 
 
-def _eval_packets(path: str, lines: list[str]) -> Iterator[Packet]:
-    for lineno, raw in enumerate(lines, start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            yield parse_packet(line)
-        except PacketSyntaxError as exc:
-            column = raw.find(line) + exc.column
-            raise TraceError(
-                f"{path}:{lineno}:{column}: error: {exc.message}\n"
-                f"    {raw}\n    {' ' * (column - 1)}^"
-            ) from None
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``flowc simulate``."""
-    from compiler.cli import _compile_or_report, _select_policy, profile_from_args
-    from runtime.flow_cache import CacheConfig
-    from runtime.simulate import simulate
-
-    result, status = _compile_or_report(args.policy)
-    if status or result.program is None:
-        return EXIT_USAGE
-    policy = _select_policy(result.program, args.hook)
+    policy = compile_policy(args.policy, args.hook)
+    if policy is None:
+        return ExitCode.FAIL
     profile = profile_from_args(args)
     try:
         packets = read_trace(args.trace)
     except TraceError as err:
         print(f"flowc: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.FAIL
     modes = ["megaflow", "exact"] if args.mode == "both" else [args.mode]
     rows = []
     for mode in modes:
@@ -104,7 +94,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-        return EXIT_OK
+        return ExitCode.OK
     print(
         f"simulate {policy.name}: {len(packets)} packets at {args.pps:g}/s, profile "
         f"{profile.name}, max idle {args.max_idle:g} s"
@@ -119,10 +109,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         ("distinct masks (end)", [str(r.distinct_masks) for r in rows]),
     ):
         print(f"{label:22}" + "".join(f"{v:>14}" for v in values))
-    return EXIT_OK
+    return ExitCode.OK
 
 
-def add_parsers(sub: Any) -> None:
+def add_parser(sub: Subparsers) -> None:
     """Register ``simulate`` on the CLI's subcommand parser."""
     p = sub.add_parser(
         "simulate", help="replay a trace through slow path + rule cache (megaflow vs exact)"
@@ -130,8 +120,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--policy", required=True, metavar="POLICY")
     p.add_argument("--trace", required=True, metavar="FILE", help="eval packet lines or ClassBench")
     p.add_argument("--hook", metavar="NAME")
-    p.add_argument("--profile", default="software")
-    p.add_argument("--profile-set", action="append", metavar="KEY=VALUE")
+    add_profile_options(p, help_text="NIC profile the cache runs on (default software)")
     p.add_argument("--mode", choices=["megaflow", "exact", "both"], default="both")
     p.add_argument("--max-idle", type=float, default=30.0, help="seconds (default 30)")
     p.add_argument("--capacity", type=int, help="cache rules at most (default: profile)")
@@ -142,4 +131,4 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--pps", type=float, default=10_000.0, help="trace packets per second")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_simulate)
+    p.set_defaults(func=run)

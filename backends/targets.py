@@ -1,0 +1,67 @@
+"""Kernel constants every target shares, and what each BPF attach point is.
+
+Ethertypes and tc verdicts are the kernel's ABI (``if_ether.h``,
+``pkt_cls.h``); they are written once here for the BPF backend, the flower
+backend and the runtime that talks to the kernel. A :class:`BpfTarget` says
+where a slow-path program attaches and how it answers, so the emitter stays
+the same for each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+
+TC_ACT_OK = 0
+TC_ACT_SHOT = 2
+TC_ACT_PIPE = 3
+TC_ACT_STOLEN = 4
+TC_ACT_REDIRECT = 7
+TC_ACT_GOTO_CHAIN = 2 << 28
+TC_ACT_EXT_VAL_MASK = (1 << 28) - 1
+
+TC_ACT_NAMES = {
+    TC_ACT_OK: "TC_ACT_OK",
+    TC_ACT_SHOT: "TC_ACT_SHOT",
+    TC_ACT_REDIRECT: "TC_ACT_REDIRECT",
+}
+"""The verdicts a flowc slow path returns, by the names the kernel headers give them."""
+
+
+@dataclass(frozen=True, slots=True)
+class BpfTarget:
+    """An attach point for the slow path.
+
+    Attributes:
+        name: the ``--mode`` that selects it.
+        section: the ELF section / program type bcc loads the entry function as.
+        context: the C type of the entry function's argument.
+        allow, drop, redirect: the verdict codes the program returns.
+        chains: whether the hook has tc chains (flower traps jump to chain 1).
+    """
+
+    name: str
+    section: str
+    context: str
+    allow: int
+    drop: int
+    redirect: int
+    chains: bool
+
+
+TC = BpfTarget(
+    "tc", "classifier", "struct __sk_buff", TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT, chains=True
+)
+"""cls_bpf in direct-action mode on a clsact qdisc."""
+
+TCX = BpfTarget(
+    "tcx", "classifier", "struct __sk_buff", TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT, chains=False
+)
+"""A tcx bpf link (Linux 6.6+): tc's verdicts, no qdisc and no chains."""
+
+TARGETS = {t.name: t for t in (TC, TCX)}

@@ -1,0 +1,1 @@
+"""The ``flowc`` command line: argument parsing, dispatch, one module per command."""
