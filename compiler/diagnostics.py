@@ -70,14 +70,6 @@ def note(message: str, pos: Pos | None) -> Diagnostic:
     return Diagnostic(NOTE, message, pos, "note")
 
 
-class CompileError(Exception):
-    """Raised at the end of a front-end stage that found errors; carries all of them."""
-
-    def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
-        self.diagnostics = tuple(diagnostics)
-        super().__init__(f"{sum(d.severity == ERROR for d in self.diagnostics)} error(s)")
-
-
 def has_errors(diagnostics: Iterable[Diagnostic]) -> bool:
     """True when any diagnostic is an error."""
     return any(d.severity == ERROR for d in diagnostics)

@@ -25,7 +25,6 @@ from ir.valueset import ValueSet
 
 # Rendering kinds: how a value of the field is written in IR text and packets.
 RENDER_DEC = "dec"
-RENDER_HEX = "hex"
 RENDER_IP4 = "ip4"
 RENDER_IP6 = "ip6"
 RENDER_FLAGS = "tcp_flags"

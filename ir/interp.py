@@ -16,7 +16,6 @@ against this function.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ir.model import Action, Policy, Rule
@@ -39,9 +38,3 @@ def evaluate(policy: Policy, packet: Packet) -> Verdict:
             return Verdict(rule.action, rule)
     # Policy.validate guarantees a catch-all default, so this is unreachable.
     raise AssertionError(f"policy {policy.name} has no rule for {packet}")
-
-
-def evaluate_many(policy: Policy, packets: Iterable[Packet]) -> Iterator[Verdict]:
-    """``evaluate`` over a stream of packets."""
-    for packet in packets:
-        yield evaluate(policy, packet)
