@@ -362,7 +362,7 @@ def _later_decides_same(
         {c for i in group for c in index.candidates(i, last + 1, len(rules)) if c not in removed}
     )
     same: list[Cube] = []
-    touched: list[int] = []
+    same_touching: list[tuple[int, list[Cube]]] = []
     for t in later:
         other = rules[t]
         touching = [
@@ -372,9 +372,9 @@ def _later_decides_same(
         ]
         if not touching:
             continue
-        touched.append(t)
         if other.action == action:
             same.append(other.match.cube)
+            same_touching.append((t, touching))
             continue
         for x in touching:
             answer = covered_by(space, x, earlier_cubes + same, FRAGMENT_LIMIT)
@@ -382,13 +382,16 @@ def _later_decides_same(
                 return None
             if not answer:
                 return ()
-    # Name the later rules that really decide some of its packets; when that is
-    # too fragmented to settle, every same-action rule that touches it.
-    cubes = [rules[i].match.cube for i in group]
-    deciders = _deciders(space, cubes, earlier + touched, rules)
-    if deciders is None:
-        return tuple(rules[t] for t in touched if rules[t].action == action)
-    return tuple(rules[c] for c in deciders if c > last)
+    # Name the later rules that really take some of its packets: those whose
+    # overlap with it is not all taken first by the earlier rules or by a later
+    # one before them (rules of another action take none, or it would not be
+    # redundant). A question too fragmented to settle names the rule anyway.
+    deciders: list[Rule] = []
+    for k, (t, touching) in enumerate(same_touching):
+        cover = earlier_cubes + same[:k]
+        if any(covered_by(space, x, cover, FRAGMENT_LIMIT) is not True for x in touching):
+            deciders.append(rules[t])
+    return tuple(deciders)
 
 
 def overlap_graph(policy: Policy, space: Space = HEADER_SPACE) -> nx.DiGraph[int]:
