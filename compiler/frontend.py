@@ -126,7 +126,12 @@ def _rule_words(rule: Rule) -> str:
 
 
 def lint_policy(policy: Policy) -> list[Diagnostic]:
-    """Warnings for shadowed (unreachable) and redundant rules of one policy."""
+    """Warnings for shadowed (unreachable) and redundant rules of one policy.
+
+    The rules warned about can all be deleted together without changing any
+    verdict (:func:`ir.analysis.analyse` picks them so); each warning carries
+    notes naming the rules that decide its packets once they are deleted.
+    """
     findings = analysis.analyse(policy)
     diags: list[Diagnostic] = []
     for shadowed in findings.shadowed:
@@ -143,14 +148,16 @@ def lint_policy(policy: Policy) -> list[Diagnostic]:
             message = (
                 f"rule is never reached: the rules at lines {lines} decide every packet it matches"
             )
-        diags.append(
-            warning(
-                "shadowed",
-                message,
-                origin_pos(shadowed.rule.origin),
-                *(note("shadowed by this rule", origin_pos(r.origin)) for r in by[:5]),
+        notes = [note("shadowed by this rule", origin_pos(r.origin)) for r in by[:5]]
+        if shadowed.then_by and not shadowed.rule.is_default:
+            notes.extend(
+                note(
+                    "with the rules warned about deleted, this rule decides its packets",
+                    origin_pos(r.origin),
+                )
+                for r in shadowed.then_by[:5]
             )
-        )
+        diags.append(warning("shadowed", message, origin_pos(shadowed.rule.origin), *notes))
     for redundant in findings.redundant:
         deciders = redundant.decided_by
         word = str(redundant.rule.action)
@@ -161,6 +168,10 @@ def lint_policy(policy: Policy) -> list[Diagnostic]:
                 + ", ".join(_rule_words(r) for r in deciders[:3])
                 + (" and others" if len(deciders) > 3 else ""),
                 origin_pos(redundant.rule.origin),
+                *(
+                    note("this rule takes over its packets", origin_pos(r.origin))
+                    for r in deciders[:5]
+                ),
             )
         )
     for gave_up in findings.gave_up:

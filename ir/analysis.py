@@ -5,7 +5,9 @@ origin and are analysed as one *rule group*. A group is **shadowed** when
 every packet it matches is already decided by earlier rules, so it can never
 decide anything. A group is **redundant** when removing it changes no
 verdict: every packet it decides would get the same action from the rules
-after it.
+after it. The findings are chosen so that acting on all of them at once is
+safe: no group is called redundant because of a rule that is itself
+shadowed or redundant (see :func:`analyse`).
 
 Finding which earlier rules can overlap a rule is the expensive part at
 10,000 rules, so :class:`OverlapIndex` prefilters with each cube's bounding
@@ -22,7 +24,15 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
-from ir.algebra import Cube, covered_by, intersect, is_feasible, uncovered_witness, witness
+from ir.algebra import (
+    Cube,
+    covered_by,
+    intersect,
+    is_feasible,
+    region_is_empty,
+    uncovered_witness,
+    witness,
+)
 from ir.algebra import subtract as _subtract
 from ir.fields import HEADER_SPACE, Space
 from ir.model import Policy, Rule
@@ -116,19 +126,25 @@ class Shadowed:
     Attributes:
         rule: the first IR rule of the shadowed group.
         by: earlier rules covering it; a single rule when one covers it alone.
+            Rules that stay when every finding is acted on are preferred.
+        then_by: when some rule of ``by`` is itself removable (a redundant
+            finding), the rules that decide the group's packets once every
+            finding is removed; empty otherwise.
     """
 
     rule: Rule
     by: tuple[Rule, ...]
+    then_by: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Redundant:
-    """A rule group whose removal changes no verdict.
+    """A rule group whose removal, together with every other finding, changes no verdict.
 
     Attributes:
         rule: the first IR rule of the group.
-        decided_by: the later rules that would decide its packets the same way.
+        decided_by: the later rules that take over its packets once every
+            finding is removed (each decides at least one of them).
     """
 
     rule: Rule
@@ -144,7 +160,11 @@ class GaveUp:
 
 @dataclass(frozen=True, slots=True)
 class Findings:
-    """Everything :func:`analyse` found."""
+    """Everything :func:`analyse` found.
+
+    The shadowed and redundant groups together are a set that can be removed
+    at once without changing any verdict (see :func:`analyse`).
+    """
 
     shadowed: tuple[Shadowed, ...]
     redundant: tuple[Redundant, ...]
@@ -163,24 +183,38 @@ def rule_groups(policy: Policy) -> list[list[int]]:
 
 
 def analyse(policy: Policy, *, redundancy: bool = True, space: Space = HEADER_SPACE) -> Findings:
-    """Find shadowed and (optionally) redundant rule groups of ``policy``."""
+    """Find shadowed and (optionally) redundant rule groups of ``policy``.
+
+    The findings are safe to act on together: removing every shadowed and
+    every redundant group at once leaves every verdict unchanged, and no
+    further group could then be removed alone (a maximal set, found greedily).
+
+    1. Shadowed groups are those no packet reaches in the policy as written.
+       Removing one leaves every other rule's region as it was, so all of them
+       go together (the default is reported but never counted as removed).
+    2. The remaining groups are then tried from the last to the first: one is
+       redundant when removing it from what is left changes no verdict.
+       Going backwards means the later rules that take over its packets are
+       final when it is judged, and the earlier rules (still all there)
+       cover exactly what they covered in the policy as written; a group kept
+       because some packet would change verdict stays unremovable when
+       earlier groups go later.
+    """
     rules = policy.rules
     cubes = [r.match.cube for r in rules]
     index = OverlapIndex(space, cubes)
-    shadowed: list[Shadowed] = []
-    redundant: list[Redundant] = []
     gave_up: list[GaveUp] = []
-    # Last position of each action: a rule whose action no later rule has
-    # cannot be redundant (unless shadowed), which skips most proofs on policies
-    # with many distinct actions (such as one mark per rule).
-    last_with_action: dict[object, int] = {}
-    for i, r in enumerate(rules):
-        last_with_action[r.action] = i
+    # IR rules of shadowed groups (never the default): removing them leaves
+    # the union of the rules before any position unchanged, so they are left
+    # out of every cover below.
+    dead: set[int] = set()
+    shadow_groups: list[tuple[list[int], list[int]]] = []
+    live: list[list[int]] = []
     for group in rule_groups(policy):
         first = group[0]
         # Boxes that meet the group's boxes; a box hit that is no real overlap only
         # costs a failed containment test, so the exact filter waits for reporting.
-        earlier = sorted({c for i in group for c in index.candidates(i, 0, first)})
+        earlier = sorted({c for i in group for c in index.candidates(i, 0, first) if c not in dead})
         earlier_cubes = [cubes[c] for c in earlier]
         locate = index.locator(earlier) if len(earlier) > LOCATOR_MIN else None
         answers = [
@@ -188,22 +222,37 @@ def analyse(policy: Policy, *, redundancy: bool = True, space: Space = HEADER_SP
         ]
         if None in answers:
             gave_up.append(GaveUp(rules[first]))
-            continue
-        if all(answers):
-            overlapping = [
-                c for c in earlier if any(_meets(space, cubes[i], cubes[c]) for i in group)
-            ]
-            shadowed.append(Shadowed(rules[first], _shadowers(space, group, overlapping, rules)))
-            continue
-        if not redundancy or rules[first].is_default:
-            continue
-        if last_with_action[rules[first].action] <= group[-1]:
-            continue
-        verdict = _later_decides_same(space, policy, group, earlier_cubes, index)
-        if verdict is None:
-            gave_up.append(GaveUp(rules[first]))
-        elif verdict:
-            redundant.append(Redundant(rules[first], verdict))
+        elif all(answers):
+            shadow_groups.append((group, earlier))
+            if not rules[first].is_default:
+                dead.update(group)
+        elif not rules[first].is_default:
+            live.append(group)
+    removed = set(dead)
+    redundant: list[Redundant] = []
+    if redundancy:
+        # Last position of each action: a rule whose action no later rule has
+        # cannot be redundant, which skips most proofs on policies with many
+        # distinct actions (such as one mark per rule).
+        last_with_action: dict[object, int] = {}
+        for i, r in enumerate(rules):
+            last_with_action[r.action] = i
+        for group in reversed(live):
+            if last_with_action[rules[group[0]].action] <= group[-1]:
+                continue
+            verdict = _later_decides_same(space, policy, group, index, removed)
+            if verdict is None:
+                gave_up.append(GaveUp(rules[group[0]]))
+            elif verdict:
+                removed.update(group)
+                redundant.append(Redundant(rules[group[0]], verdict))
+        redundant.reverse()
+    shadowed = [
+        s
+        for group, earlier in shadow_groups
+        if (s := _name_shadowers(space, policy, group, earlier, index, removed)) is not None
+    ]
+    gave_up.sort(key=lambda g: g.rule.priority)
     return Findings(tuple(shadowed), tuple(redundant), tuple(gave_up))
 
 
@@ -212,37 +261,108 @@ def _meets(space: Space, a: Cube, b: Cube) -> bool:
     return both is not None and is_feasible(space, both)
 
 
-def _shadowers(
-    space: Space, group: list[int], earlier: list[int], rules: Sequence[Rule]
-) -> tuple[Rule, ...]:
-    """One earlier rule covering the whole group if there is one, else all that overlap."""
-    for c in earlier:
-        cover = [rules[c].match.cube]
-        if all(covered_by(space, rules[i].match.cube, cover) is True for i in group):
-            return (rules[c],)
-    return tuple(rules[c] for c in earlier)
+def _name_shadowers(
+    space: Space,
+    policy: Policy,
+    group: list[int],
+    earlier: list[int],
+    index: OverlapIndex,
+    removed: set[int],
+) -> Shadowed | None:
+    """The finding for a shadowed group, naming rules that stay where they suffice.
+
+    One earlier rule covering the group alone is named when there is one
+    (only a rule whose box holds the group's boxes can), one that stays
+    preferred; else every earlier rule that overlaps it. None for a default
+    that only removed rules keep from being reached: it is reached once they
+    go, so calling it unreached would contradict their findings.
+    """
+    rules = policy.rules
+    cubes = [rules[i].match.cube for i in group]
+    holders = set(earlier)
+    for x in cubes:
+        holders.intersection_update(index.containers_of(x, 0, group[0]))
+    single = [
+        c
+        for c in sorted(holders)
+        if all(covered_by(space, x, [rules[c].match.cube]) is True for x in cubes)
+    ]
+    kept_single = [c for c in single if c not in removed]
+    if kept_single:
+        return Shadowed(rules[group[0]], (rules[kept_single[0]],))
+    overlapping = [c for c in earlier if any(_meets(space, x, rules[c].match.cube) for x in cubes)]
+    kept = [c for c in overlapping if c not in removed]
+    kept_cubes = [rules[c].match.cube for c in kept]
+    if all(covered_by(space, x, kept_cubes, FRAGMENT_LIMIT) is True for x in cubes):
+        return Shadowed(rules[group[0]], tuple(rules[c] for c in kept))
+    if rules[group[0]].is_default:
+        return None
+    by = (rules[single[0]],) if single else tuple(rules[c] for c in overlapping)
+    others = sorted(
+        {
+            c
+            for i in group
+            for c in index.candidates(i, 0, len(rules))
+            if c not in removed and c not in group
+        }
+    )
+    deciders = _deciders(space, cubes, others, rules)
+    then_by = tuple(rules[c] for c in deciders) if deciders is not None else ()
+    return Shadowed(rules[group[0]], by, then_by)
+
+
+def _deciders(
+    space: Space, cubes: Sequence[Cube], others: Sequence[int], rules: Sequence[Rule]
+) -> list[int] | None:
+    """Which of ``others`` (ascending) decide some packet of ``cubes`` first.
+
+    A sweep in priority order: a rule that meets what is left of the region
+    decides those packets, and its cube is taken out of the rest. None when
+    the rest grows past the fragment limit or some packet is left to none.
+    """
+    found: list[int] = []
+    for c in cubes:
+        residual = [c]
+        for k in others:
+            if not residual:
+                break
+            other = rules[k].match.cube
+            if any(_meets(space, piece, other) for piece in residual):
+                if k not in found:
+                    found.append(k)
+                residual = [p for piece in residual for p in _subtract(space, piece, other)]
+                if len(residual) > FRAGMENT_LIMIT:
+                    return None
+        if not region_is_empty(space, residual):
+            return None
+    return sorted(found)
 
 
 def _later_decides_same(
     space: Space,
     policy: Policy,
     group: list[int],
-    earlier_cubes: list[Cube],
     index: OverlapIndex,
+    removed: set[int],
 ) -> tuple[Rule, ...] | None:
-    """The later rules deciding the group's packets when all of them give its action.
+    """The later rules taking over the group's packets when all of them give its action.
 
-    The group is redundant iff, for every later rule ``t`` with another
-    action, each packet of (group ∩ t) is taken first by an earlier rule or by
-    a later rule before ``t`` with the group's action. Returns () when some
-    packet would change verdict, None when a question was too fragmented.
+    Rules in ``removed`` are treated as gone. The group is redundant iff, for
+    every later rule ``t`` with another action, each packet of (group ∩ t)
+    is taken first by an earlier rule or by a later rule before ``t`` with
+    the group's action. Returns () when some packet would change verdict,
+    None when a question was too fragmented.
     """
     rules = policy.rules
     action = rules[group[0]].action
-    last = group[-1]
-    later = sorted({c for i in group for c in index.candidates(i, last + 1, len(rules))})
+    first, last = group[0], group[-1]
+    earlier = sorted({c for i in group for c in index.candidates(i, 0, first) if c not in removed})
+    earlier_cubes = [rules[c].match.cube for c in earlier]
+    later = sorted(
+        {c for i in group for c in index.candidates(i, last + 1, len(rules)) if c not in removed}
+    )
     same: list[Cube] = []
-    deciders: list[Rule] = []
+    same_touching: list[tuple[int, list[Cube]]] = []
     for t in later:
         other = rules[t]
         touching = [
@@ -254,7 +374,7 @@ def _later_decides_same(
             continue
         if other.action == action:
             same.append(other.match.cube)
-            deciders.append(other)
+            same_touching.append((t, touching))
             continue
         for x in touching:
             answer = covered_by(space, x, earlier_cubes + same, FRAGMENT_LIMIT)
@@ -262,6 +382,15 @@ def _later_decides_same(
                 return None
             if not answer:
                 return ()
+    # Name the later rules that really take some of its packets: those whose
+    # overlap with it is not all taken first by the earlier rules or by a later
+    # one before them (rules of another action take none, or it would not be
+    # redundant). A question too fragmented to settle names the rule anyway.
+    deciders: list[Rule] = []
+    for k, (t, touching) in enumerate(same_touching):
+        cover = earlier_cubes + same[:k]
+        if any(covered_by(space, x, cover, FRAGMENT_LIMIT) is not True for x in touching):
+            deciders.append(rules[t])
     return tuple(deciders)
 
 

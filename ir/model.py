@@ -100,6 +100,23 @@ class Action:
         return self.kind
 
 
+def format_constraint(render: str, values: ValueSet) -> str:
+    """One field's value set as IR text; an address set whose complement needs fewer
+    prefixes is written as that complement: ``not 192.168.0.0/16`` (within the field,
+    so within the address family), prefixes joined by commas either way.
+
+    >>> format_constraint("ip4", ~ValueSet.of_prefix(32, 0xC0A80000, 16))
+    'not 192.168.0.0/16'
+    >>> format_constraint("ip4", ValueSet.of_prefix(32, 0x0A000000, 8))
+    '10.0.0.0/8'
+    """
+    if render in ("ip4", "ip6") and values.intervals:
+        outside = ~values
+        if outside.intervals and len(outside.to_prefixes()) < len(values.to_prefixes()):
+            return "not " + format_values(render, outside)
+    return format_values(render, values)
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """A conjunction of per-field constraints.
@@ -186,7 +203,7 @@ class Match:
         if not self.constraints:
             return "*"
         return " ".join(
-            f"{name}={format_values(HEADER_SPACE.field(name).render, values)}"
+            f"{name}={format_constraint(HEADER_SPACE.field(name).render, values)}"
             for name, values in self.constraints
         )
 

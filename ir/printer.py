@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ir.algebra import format_values
 from ir.fields import HEADER_SPACE
-from ir.model import Policy, Program
+from ir.model import Policy, Program, format_constraint
 from ir.valueset import ValueSet
 from ir.walk import to_data
 
@@ -38,6 +37,6 @@ def program_to_json(program: Program) -> dict[str, Any]:
             for name, values in rule_data["match"]["constraints"]:
                 render = HEADER_SPACE.field(name).render
                 vs = ValueSet(values["width"], tuple(tuple(iv) for iv in values["intervals"]))
-                constraints.append({"field": name, "text": format_values(render, vs), **values})
+                constraints.append({"field": name, "text": format_constraint(render, vs), **values})
             rule_data["match"]["constraints"] = constraints
     return data
