@@ -40,6 +40,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from backends.flower.lowering import expand
@@ -72,6 +73,20 @@ from runtime.token_bucket import TokenBucket
 MODES = {"megaflow": MEGAFLOW, "exact": EXACT_5TUPLE}
 # Priorities of cache rules, one per ethertype (flower wants one protocol per priority).
 CACHE_PRIO_BASE = 1
+
+
+class MissOutcome(StrEnum):
+    """What :meth:`FlowCache.on_miss` did with a miss; the value names the cache
+    counter it is counted under (and so the agent's metric)."""
+
+    INSTALLED = "installed"  # a cache rule now covers the flow
+    COVERED = "covered"  # an installed rule already did (the event was late)
+    STALE = "stale"  # decided under another generation or rule: dropped
+    ADMISSION = "admission"  # the flow has not earned a rule yet
+    NEGATIVE = "negative"  # its cube was refused recently
+    RATE = "rate"  # over the agent's insertion rate
+    REFUSED = "refused"  # the device refused the rule
+    UNEXPRESSIBLE = "unexpressible"  # no single flower match holds the megaflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,34 +171,33 @@ class FlowCache:
     # ------------------------------------------------------------------- misses
     def on_miss(
         self, point: Point, *, rule: int | None = None, generation: int | None = None
-    ) -> str:
+    ) -> MissOutcome:
         """A packet the slow path decided: maybe install its cache rule. Returns
-        what happened (installed, covered, stale, admission, negative, rate,
-        refused, unexpressible)."""
+        what happened."""
         now = self.clock()
         self.stats["misses"] += 1
         if generation is not None and generation != self.generation:
             # Decided by the previous policy during a swap: its rule id means
             # something else now, so the event is dropped (the next packet
             # comes back under the new generation).
-            return self._count("stale")
+            return self._count(MissOutcome.STALE)
         if self.lookup(point) is not None:
-            return self._count("covered")
+            return self._count(MissOutcome.COVERED)
         if self.config.admit_after > 1 and not self._admitted(point):
-            return self._count("admission")
+            return self._count(MissOutcome.ADMISSION)
         if any(c.contains(point) and now < until for c, until in self.negative):
-            return self._count("negative")
+            return self._count(MissOutcome.NEGATIVE)
         flow = megaflow(self.regions, point, self.shapes)
         if flow is None:
-            return self._count("unexpressible")
+            return self._count(MissOutcome.UNEXPRESSIBLE)
         if rule is not None and rule != flow.rule:
-            return self._count("stale")
+            return self._count(MissOutcome.STALE)
         flow = self._share_mask(flow)
         match = self._match(flow)
         if match is None:
-            return self._count("unexpressible")
+            return self._count(MissOutcome.UNEXPRESSIBLE)
         if not self.bucket.take(now):
-            return self._count("rate")
+            return self._count(MissOutcome.RATE)
         if self.occupancy >= self.capacity:
             self._evict_lru(self.occupancy - self.capacity + 1)
         f = self._filter(flow, match)
@@ -193,13 +207,13 @@ class FlowCache:
             self.stats["install_failures"] += 1
             self.negative.append((flow.cube, now + self.config.negative_ttl))
             self._trim_negative(now)
-            return "refused"
+            return MissOutcome.REFUSED
         self._remember(CacheEntry(f, flow, now, now))
         self.stats["installs"] += 1
-        return "installed"
+        return MissOutcome.INSTALLED
 
-    def _count(self, outcome: str) -> str:
-        self.stats[outcome] += 1
+    def _count(self, outcome: MissOutcome) -> MissOutcome:
+        self.stats[outcome.value] += 1
         return outcome
 
     def _admitted(self, point: Point) -> bool:

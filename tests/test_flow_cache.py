@@ -23,7 +23,7 @@ from compiler.frontend import compile_source
 from ir.interp import evaluate
 from ir.model import Action, Match, Policy
 from ir.packet import Packet
-from runtime.flow_cache import CacheConfig, FlowCache
+from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
 from runtime.nic_model import NicModel
 from tests.test_analysis import make_policy, rules
 from tests.test_packet_syntax import packets
@@ -219,7 +219,7 @@ def test_event_storm_of_one_flow_installs_once() -> None:
     cache, model, _clock = setup()
     flow = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)
     outcomes = [cache.on_miss(flow.values) for _ in range(10_000)]
-    assert outcomes.count("installed") == 1 and model.inserts == 1
+    assert outcomes.count(MissOutcome.INSTALLED) == 1 and model.inserts == 1
 
 
 def test_events_of_an_older_generation_are_dropped() -> None:

@@ -54,7 +54,7 @@ from ir.model import Policy
 from ir.packet import Point
 from runtime import tc_attach
 from runtime.bpf_loader import SlowPath
-from runtime.flow_cache import CacheConfig, FlowCache
+from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
 
@@ -379,7 +379,7 @@ class Agent:
         events = self.queue.pop(self.config.events_per_tick)
         for point, rule, generation, ts_ns in events:
             outcome = self.cache.on_miss(point, rule=rule, generation=generation)
-            if outcome == "installed":
+            if outcome == MissOutcome.INSTALLED:
                 self.install_latency.append(max(0.0, time.monotonic() - ts_ns / 1e9))
                 del self.install_latency[:-1024]
                 log.debug("installed", extra={"fields": {"rule": rule, "generation": generation}})
