@@ -66,13 +66,12 @@ from ir.megaflow import (
 )
 from ir.model import Policy
 from ir.packet import Point
+from runtime.agent.priorities import PLAN
 from runtime.flower_installer import FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
 from runtime.token_bucket import TokenBucket
 
 MODES = {"megaflow": MEGAFLOW, "exact": EXACT_5TUPLE}
-# Priorities of cache rules, one per ethertype (flower wants one protocol per priority).
-CACHE_PRIO_BASE = 1
 
 
 class MissOutcome(StrEnum):
@@ -273,7 +272,13 @@ class FlowCache:
         )
 
     def _prio(self, protocol: int) -> int:
-        return self.prio_of.setdefault(protocol, CACHE_PRIO_BASE + len(self.prio_of))
+        """The cache priority of ``protocol``'s rules (flower wants one protocol per
+        priority), the lowest free one in the plan's cache range on first use; an
+        ethertype past the range raises PriorityExhausted, never takes the guard's."""
+        prio = self.prio_of.get(protocol)
+        if prio is None:
+            prio = self.prio_of[protocol] = PLAN.cache.first_free(self.prio_of.values())
+        return prio
 
     def _remember(self, entry: CacheEntry) -> None:
         key = (entry.filter.prio, entry.filter.handle)
@@ -391,10 +396,13 @@ class FlowCache:
             covered = f.match.cube()
             rule = f.cookie.rule
             # Adopted rules join the mask index, so each field must be one
-            # value/mask block (flowc's own cache rules always are).
+            # value/mask block (flowc's own cache rules always are); they must
+            # sit in the cache's priorities, one ethertype per priority.
             ternaries = [s.as_ternary() for s in covered.sets] if covered is not None else []
             sound = (
                 covered is not None
+                and f.prio in PLAN.cache
+                and all(p != f.prio or e == f.match.protocol for e, p in self.prio_of.items())
                 and rule is not None
                 and all(t is not None for t in ternaries)
                 and 0 <= rule < len(self.policy.rules)

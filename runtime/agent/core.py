@@ -53,6 +53,7 @@ from backends.nic_profile import NicProfile
 from ir.model import Policy
 from ir.packet import Point
 from runtime import tc_attach
+from runtime.agent.priorities import PLAN, PriorityExhausted
 from runtime.bpf_loader import SlowPath
 from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
@@ -61,9 +62,8 @@ from runtime.flower_netlink import InstalledFilter
 log = logging.getLogger("flowc.agent")
 
 SLOW_CHAIN = flower.DEFAULT_SLOW_CHAIN
-GUARD_PRIO = 15
-PROACTIVE_OFFSET = GUARD_PRIO  # the lowering's prio 1 lands at 16
-CATCH_ALL_PRIO = 0xFFFF
+GUARD_PRIO = PLAN.guard
+CATCH_ALL_PRIO = PLAN.catch_all
 TIERS = ("slow", "cache", "flower")
 
 
@@ -321,10 +321,14 @@ class Agent:
             raise AgentError(str(exc)) from None
         for line in flower.describe(lowered):
             log.info("partition", extra={"fields": {"note": line}})
-        shifted = [dataclasses.replace(f, prio=f.prio + PROACTIVE_OFFSET) for f in lowered.filters]
-        if shifted and shifted[-1].prio >= CATCH_ALL_PRIO:
-            raise AgentError(f"policy {policy.name}: too many flower priorities for the agent")
-        return shifted
+        try:
+            return [
+                dataclasses.replace(f, prio=PLAN.proactive_prio(f.prio)) for f in lowered.filters
+            ]
+        except PriorityExhausted:
+            raise AgentError(
+                f"policy {policy.name}: too many flower priorities for the agent"
+            ) from None
 
     def _install_proactive(self, policy: Policy) -> None:
         assert self.installer is not None
