@@ -37,7 +37,7 @@ What an operator of a flow cache expects, and where it lives here:
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -66,6 +66,7 @@ from ir.megaflow import (
 )
 from ir.model import Policy
 from ir.packet import Point
+from runtime.agent.counters import Counters
 from runtime.agent.priorities import PLAN
 from runtime.flower_installer import FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
@@ -140,7 +141,7 @@ class FlowCache:
         self.shapes = MODES[config.mode]
         self.capacity = config.capacity or profile.max_rules
         self.flags = config.flags or profile.install_flags
-        self.stats: Counter[str] = Counter()  # what the agent exports as metrics
+        self.stats = Counters()  # what the agent exports as metrics
         self.entries: dict[tuple[int, int], CacheEntry] = {}  # (prio, handle) -> entry
         # Tuple-space index over installed cubes: masks -> {masked point: key}.
         self.by_mask: dict[tuple[int, ...], dict[tuple[int, ...], tuple[int, int]]] = {}

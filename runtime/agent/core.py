@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +53,7 @@ from backends.nic_profile import NicProfile
 from ir.model import Policy
 from ir.packet import Point
 from runtime import tc_attach
+from runtime.agent.counters import TIERS, Counters, check_counters, check_gauges
 from runtime.agent.priorities import PLAN, PriorityExhausted
 from runtime.bpf_loader import SlowPath
 from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
@@ -64,7 +65,6 @@ log = logging.getLogger("flowc.agent")
 SLOW_CHAIN = flower.DEFAULT_SLOW_CHAIN
 GUARD_PRIO = PLAN.guard
 CATCH_ALL_PRIO = PLAN.catch_all
-TIERS = ("slow", "cache", "flower")
 
 
 class AgentError(Exception):
@@ -167,6 +167,11 @@ class Snapshot:
     gauges: dict[str, float]
     rules: tuple[tuple[int, str, str, RuleCounters], ...]  # (rule, origin, text, counters)
 
+    def __post_init__(self) -> None:
+        # Only declared names reach the exporter (runtime.agent.counters).
+        check_counters(self.stats)
+        check_gauges(self.gauges)
+
 
 class Agent:
     """One hook's flow cache agent. :meth:`start`, then :meth:`run`, then :meth:`stop`."""
@@ -188,7 +193,7 @@ class Agent:
         self.clock = clock
         self.attach_slow_path = attach
         self.queue = EventQueue(config.queue_size)
-        self.stats: Counter[str] = Counter()
+        self.stats = Counters()
         self.generation = 0
         self.policy: Policy | None = None
         self.installer: Any = installer
@@ -527,7 +532,7 @@ class Agent:
 
     def _take_snapshot(self, installed: list[InstalledFilter]) -> None:
         assert self.cache is not None and self.policy is not None and self.slow_path is not None
-        stats = Counter(self.cache.stats)
+        stats = Counters(self.cache.stats)
         stats.update(self.stats)
         stats["events_received"] = self.queue.received
         stats["event_drops"] = self.queue.dropped
