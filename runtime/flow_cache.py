@@ -5,7 +5,7 @@ generation). :meth:`FlowCache.on_miss` turns the report into a cache rule:
 the packet's megaflow (:mod:`ir.megaflow`: the widest maskable cube one
 policy rule decides whole, or the exact 5-tuple in ``exact`` mode), proven
 with :func:`ir.megaflow.decides_whole` on the cube the flower match really
-covers, and installed through any object with the installer interface
+covers, and installed through an :class:`runtime.agent.seams.Installer`
 (:class:`runtime.flower_installer.FlowerInstaller` on a device,
 :class:`runtime.nic_model.NicModel` in tests and ``flowc simulate``).
 
@@ -41,7 +41,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from backends.flower.lowering import expand
 from backends.flower.rules import (
@@ -68,6 +67,7 @@ from ir.model import Policy
 from ir.packet import Point
 from runtime.agent.counters import Counters
 from runtime.agent.priorities import PLAN
+from runtime.agent.seams import Installer
 from runtime.flower_installer import FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
 from runtime.token_bucket import TokenBucket
@@ -126,7 +126,7 @@ class FlowCache:
         self,
         policy: Policy,
         profile: NicProfile,
-        installer: Any,
+        installer: Installer,
         config: CacheConfig = CacheConfig(),
         *,
         generation: int = 1,

@@ -52,10 +52,10 @@ from backends.flower.rules import (
 from backends.nic_profile import NicProfile
 from ir.model import Policy
 from ir.packet import Point
-from runtime import tc_attach
+from runtime import bpf_loader, tc_attach
 from runtime.agent.counters import TIERS, Counters, check_counters, check_gauges
 from runtime.agent.priorities import PLAN, PriorityExhausted
-from runtime.bpf_loader import SlowPath
+from runtime.agent.seams import Installer, SlowPath, SlowPathFactory
 from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
@@ -182,21 +182,26 @@ class Agent:
         load_policy: Callable[[], Policy],
         *,
         clock: Callable[[], float] = time.monotonic,
-        installer: Any = None,
+        installer: Installer | None = None,
+        slow_path: SlowPathFactory | None = None,
         attach: bool = True,
     ) -> None:
         """``installer`` replaces the device's flower installer (the NIC model,
-        where no real part can run); ``attach=False`` leaves the loaded slow
-        path unattached (fed through BPF_PROG_TEST_RUN instead of a hook)."""
+        where no real part can run); ``slow_path`` loads the slow path for a
+        (policy, generation) instead of compiling it with bcc (the in-memory
+        :class:`runtime.agent.slow_path_model.SlowPathModel` in unit tests);
+        ``attach=False`` leaves the loaded slow path unattached (fed through
+        BPF_PROG_TEST_RUN or the model instead of a hook)."""
         self.config = config
         self.load_policy = load_policy
         self.clock = clock
+        self.make_slow_path = slow_path or self._load_bpf_slow_path
         self.attach_slow_path = attach
         self.queue = EventQueue(config.queue_size)
         self.stats = Counters()
         self.generation = 0
         self.policy: Policy | None = None
-        self.installer: Any = installer
+        self.installer: Installer | None = installer
         self.slow_path: SlowPath | None = None
         self.cache: FlowCache | None = None
         self.proactive: list[FlowerFilter] = []
@@ -273,9 +278,13 @@ class Agent:
         return max(1, table // 2 if cfg.proactive else table)
 
     def _load_slow_path(self, policy: Policy) -> SlowPath:
-        return SlowPath(
+        return self.make_slow_path(policy, self.generation)
+
+    def _load_bpf_slow_path(self, policy: Policy, generation: int) -> SlowPath:
+        """The real slow path: the policy compiled to BPF and loaded with bcc."""
+        return bpf_loader.SlowPath(
             lower(policy, self.config.strategy),
-            generation=self.generation,
+            generation=generation,
             events=True,
             dedup_ns=self.config.dedup_ns,
         )
