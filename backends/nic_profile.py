@@ -20,11 +20,14 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from backends.flower.rules import FlowerKind, InstallFlags
+
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
 FIELD_KINDS = ("vlan_id", "ip_tos", "ip_proto", "ipv4", "ipv6", "ports", "tcp_flags", "icmp")
-ACTION_KINDS = ("pass", "drop", "redirect", "mirror", "mark", "trap")
-INSTALL_FLAGS = ("skip_hw", "skip_sw", "none")
+# The spellings profile files use: the flower enums' values.
+ACTION_KINDS = tuple(k.value for k in FlowerKind)
+INSTALL_FLAGS = tuple(f.value for f in InstallFlags)
 ADDRESS_MASKS = ("prefix", "arbitrary")
 
 

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from backends.flower.rules import InstallFlags
 from cli.common import (
     ExitCode,
     Subparsers,
@@ -248,7 +249,7 @@ def add_parser(sub: Subparsers) -> None:
     add_profile_options(p, help_text="NIC profile of the hook's device (default software)")
     p.add_argument(
         "--offload",
-        choices=["skip_sw", "skip_hw", "none"],
+        choices=[f.value for f in (InstallFlags.SKIP_SW, InstallFlags.SKIP_HW, InstallFlags.NONE)],
         help="flower flags of every rule (default: the profile's)",
     )
     p.add_argument(

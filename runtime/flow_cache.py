@@ -5,7 +5,7 @@ generation). :meth:`FlowCache.on_miss` turns the report into a cache rule:
 the packet's megaflow (:mod:`ir.megaflow`: the widest maskable cube one
 policy rule decides whole, or the exact 5-tuple in ``exact`` mode), proven
 with :func:`ir.megaflow.decides_whole` on the cube the flower match really
-covers, and installed through any object with the installer interface
+covers, and installed through an :class:`runtime.agent.seams.Installer`
 (:class:`runtime.flower_installer.FlowerInstaller` on a device,
 :class:`runtime.nic_model.NicModel` in tests and ``flowc simulate``).
 
@@ -37,10 +37,10 @@ What an operator of a flow cache expects, and where it lives here:
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
 
 from backends.flower.lowering import expand
 from backends.flower.rules import (
@@ -65,13 +65,28 @@ from ir.megaflow import (
 )
 from ir.model import Policy
 from ir.packet import Point
+from runtime.agent.counters import Counters
+from runtime.agent.priorities import PLAN
+from runtime.agent.seams import Installer
 from runtime.flower_installer import FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
 from runtime.token_bucket import TokenBucket
 
 MODES = {"megaflow": MEGAFLOW, "exact": EXACT_5TUPLE}
-# Priorities of cache rules, one per ethertype (flower wants one protocol per priority).
-CACHE_PRIO_BASE = 1
+
+
+class MissOutcome(StrEnum):
+    """What :meth:`FlowCache.on_miss` did with a miss; the value names the cache
+    counter it is counted under (and so the agent's metric)."""
+
+    INSTALLED = "installed"  # a cache rule now covers the flow
+    COVERED = "covered"  # an installed rule already did (the event was late)
+    STALE = "stale"  # decided under another generation or rule: dropped
+    ADMISSION = "admission"  # the flow has not earned a rule yet
+    NEGATIVE = "negative"  # its cube was refused recently
+    RATE = "rate"  # over the agent's insertion rate
+    REFUSED = "refused"  # the device refused the rule
+    UNEXPRESSIBLE = "unexpressible"  # no single flower match holds the megaflow
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +126,7 @@ class FlowCache:
         self,
         policy: Policy,
         profile: NicProfile,
-        installer: Any,
+        installer: Installer,
         config: CacheConfig = CacheConfig(),
         *,
         generation: int = 1,
@@ -126,7 +141,7 @@ class FlowCache:
         self.shapes = MODES[config.mode]
         self.capacity = config.capacity or profile.max_rules
         self.flags = config.flags or profile.install_flags
-        self.stats: Counter[str] = Counter()  # what the agent exports as metrics
+        self.stats = Counters()  # what the agent exports as metrics
         self.entries: dict[tuple[int, int], CacheEntry] = {}  # (prio, handle) -> entry
         # Tuple-space index over installed cubes: masks -> {masked point: key}.
         self.by_mask: dict[tuple[int, ...], dict[tuple[int, ...], tuple[int, int]]] = {}
@@ -156,34 +171,33 @@ class FlowCache:
     # ------------------------------------------------------------------- misses
     def on_miss(
         self, point: Point, *, rule: int | None = None, generation: int | None = None
-    ) -> str:
+    ) -> MissOutcome:
         """A packet the slow path decided: maybe install its cache rule. Returns
-        what happened (installed, covered, stale, admission, negative, rate,
-        refused, unexpressible)."""
+        what happened."""
         now = self.clock()
         self.stats["misses"] += 1
         if generation is not None and generation != self.generation:
             # Decided by the previous policy during a swap: its rule id means
             # something else now, so the event is dropped (the next packet
             # comes back under the new generation).
-            return self._count("stale")
+            return self._count(MissOutcome.STALE)
         if self.lookup(point) is not None:
-            return self._count("covered")
+            return self._count(MissOutcome.COVERED)
         if self.config.admit_after > 1 and not self._admitted(point):
-            return self._count("admission")
+            return self._count(MissOutcome.ADMISSION)
         if any(c.contains(point) and now < until for c, until in self.negative):
-            return self._count("negative")
+            return self._count(MissOutcome.NEGATIVE)
         flow = megaflow(self.regions, point, self.shapes)
         if flow is None:
-            return self._count("unexpressible")
+            return self._count(MissOutcome.UNEXPRESSIBLE)
         if rule is not None and rule != flow.rule:
-            return self._count("stale")
+            return self._count(MissOutcome.STALE)
         flow = self._share_mask(flow)
         match = self._match(flow)
         if match is None:
-            return self._count("unexpressible")
+            return self._count(MissOutcome.UNEXPRESSIBLE)
         if not self.bucket.take(now):
-            return self._count("rate")
+            return self._count(MissOutcome.RATE)
         if self.occupancy >= self.capacity:
             self._evict_lru(self.occupancy - self.capacity + 1)
         f = self._filter(flow, match)
@@ -193,13 +207,13 @@ class FlowCache:
             self.stats["install_failures"] += 1
             self.negative.append((flow.cube, now + self.config.negative_ttl))
             self._trim_negative(now)
-            return "refused"
+            return MissOutcome.REFUSED
         self._remember(CacheEntry(f, flow, now, now))
         self.stats["installs"] += 1
-        return "installed"
+        return MissOutcome.INSTALLED
 
-    def _count(self, outcome: str) -> str:
-        self.stats[outcome] += 1
+    def _count(self, outcome: MissOutcome) -> MissOutcome:
+        self.stats[outcome.value] += 1
         return outcome
 
     def _admitted(self, point: Point) -> bool:
@@ -259,7 +273,13 @@ class FlowCache:
         )
 
     def _prio(self, protocol: int) -> int:
-        return self.prio_of.setdefault(protocol, CACHE_PRIO_BASE + len(self.prio_of))
+        """The cache priority of ``protocol``'s rules (flower wants one protocol per
+        priority), the lowest free one in the plan's cache range on first use; an
+        ethertype past the range raises PriorityExhausted, never takes the guard's."""
+        prio = self.prio_of.get(protocol)
+        if prio is None:
+            prio = self.prio_of[protocol] = PLAN.cache.first_free(self.prio_of.values())
+        return prio
 
     def _remember(self, entry: CacheEntry) -> None:
         key = (entry.filter.prio, entry.filter.handle)
@@ -377,10 +397,13 @@ class FlowCache:
             covered = f.match.cube()
             rule = f.cookie.rule
             # Adopted rules join the mask index, so each field must be one
-            # value/mask block (flowc's own cache rules always are).
+            # value/mask block (flowc's own cache rules always are); they must
+            # sit in the cache's priorities, one ethertype per priority.
             ternaries = [s.as_ternary() for s in covered.sets] if covered is not None else []
             sound = (
                 covered is not None
+                and f.prio in PLAN.cache
+                and all(p != f.prio or e == f.match.protocol for e, p in self.prio_of.items())
                 and rule is not None
                 and all(t is not None for t in ternaries)
                 and 0 <= rule < len(self.policy.rules)

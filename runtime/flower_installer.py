@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from backends.flower.rules import FlowerFilter
+from backends.flower.rules import FlowerFilter, InstallFlags
 from runtime.flower_netlink import (
     RTM_DELTFILTER,
     RTM_GETTFILTER,
@@ -337,7 +337,7 @@ class FlowerInstaller:
             got = have.filter
             if got != dataclasses.replace(want, origin=None):
                 problems.append(Mismatch(want, f"reads back as {got.match} -> {got.action}"))
-            elif want.flags == "skip_sw" and not (have.in_hw and have.in_hw_count > 0):
+            elif want.flags == InstallFlags.SKIP_SW and not (have.in_hw and have.in_hw_count > 0):
                 problems.append(
                     Mismatch(want, "asked for in hardware, but the device does not hold it")
                 )

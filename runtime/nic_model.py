@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from backends.flower.conformance import profile_problem
-from backends.flower.rules import FlowerFilter, classify, ordered
+from backends.flower.rules import FlowerFilter, InstallFlags, classify, ordered
 from backends.nic_profile import NicProfile
 from ir.packet import Packet
 from runtime.flower_installer import FilterFailure, FlowerInstallError, Mismatch
@@ -128,12 +128,12 @@ class NicModel:
         """Every filter (of one chain, or all) with its counters; ``last_used`` is
         seconds since the last hit (None: never hit)."""
         now = self.clock()
-        hardware = self.profile.install_flags != "skip_hw"
+        hardware = self.profile.install_flags != InstallFlags.SKIP_HW
         out = []
         for slot in sorted(self.slots.values(), key=lambda s: _key(s.filter)):
             if chain is not None and slot.filter.chain != chain:
                 continue
-            in_hw = hardware and slot.filter.flags != "skip_hw"
+            in_hw = hardware and slot.filter.flags != InstallFlags.SKIP_HW
             last_used = None if slot.last_hit is None else max(now - slot.last_hit, 0.0)
             out.append(
                 InstalledFilter(slot.filter, slot.packets, slot.bytes, last_used, in_hw, int(in_hw))
@@ -212,7 +212,7 @@ class NicModel:
         exists = key in self.slots
         if exists and not replace:
             return errno.EEXIST, "filter exists (use replace)"
-        if f.flags != "skip_hw":
+        if f.flags != InstallFlags.SKIP_HW:
             problem = profile_problem(f, self.profile)
             if problem is not None:
                 return errno.EOPNOTSUPP, problem

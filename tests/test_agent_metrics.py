@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.agent.core import RuleCounters, Snapshot
+from runtime.agent.counters import (
+    COUNTERS,
+    EVICTION_REASONS,
+    GAUGES,
+    TIERS,
+    Counters,
+    UndeclaredMetric,
+)
 from runtime.agent.metrics import SnapshotCollector, parse_status
 
 
@@ -47,3 +57,49 @@ def test_round_trip() -> None:
 
 def test_no_snapshot_yet_is_empty() -> None:
     assert parse_status(render(None)).rules == {}
+
+
+def declared_names() -> set[str]:
+    """Every sample name the declaration table promises (the oracle)."""
+    names = {f"flowc_agent_{c}_total" for c in COUNTERS} | {f"flowc_agent_{g}" for g in GAUGES}
+    return names | {"flowc_agent_evictions_total"}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_every_declared_metric_is_exported_at_zero_before_anything_counts() -> None:
+    for snap in (None, Snapshot(0.0, 1, {}, {}, ())):
+        found = samples(render(snap))
+        assert {name for name, _ in found} >= declared_names()
+        assert all(value == 0 for value in found.values())
+        reasons = {dict(labels)["reason"] for name, labels in found if "evictions" in name}
+        assert reasons == set(EVICTION_REASONS.values())
+
+
+def test_a_rule_lists_every_tier_at_zero() -> None:
+    snap = Snapshot(0.0, 1, {}, {}, ((0, "a.fw:2", "default drop", RuleCounters()),))
+    found = samples(render(snap))
+    for metric in ("flowc_rule_packets_total", "flowc_rule_bytes_total"):
+        tiers = {dict(labels)["tier"] for name, labels in found if name == metric}
+        assert tiers == set(TIERS)
+
+
+def test_an_undeclared_name_cannot_become_a_metric() -> None:
+    with pytest.raises(UndeclaredMetric, match="instals"):
+        Snapshot(0.0, 1, {"instals": 1}, {}, ())
+    with pytest.raises(UndeclaredMetric, match="ocupancy"):
+        Snapshot(0.0, 1, {}, {"ocupancy": 1.0}, ())
+    counters = Counters()
+    counters["installs"] += 1
+    assert counters["misses"] == 0  # reading an uncounted name is fine
+    with pytest.raises(UndeclaredMetric):
+        counters["instals"] += 1
+    with pytest.raises(UndeclaredMetric):
+        counters.update({"evictions_idel": 1})

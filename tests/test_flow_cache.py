@@ -23,7 +23,7 @@ from compiler.frontend import compile_source
 from ir.interp import evaluate
 from ir.model import Action, Match, Policy
 from ir.packet import Packet
-from runtime.flow_cache import CacheConfig, FlowCache
+from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
 from runtime.nic_model import NicModel
 from tests.test_analysis import make_policy, rules
 from tests.test_packet_syntax import packets
@@ -219,7 +219,7 @@ def test_event_storm_of_one_flow_installs_once() -> None:
     cache, model, _clock = setup()
     flow = tcp("198.51.100.7", "10.10.1.11", 40000, 8080)
     outcomes = [cache.on_miss(flow.values) for _ in range(10_000)]
-    assert outcomes.count("installed") == 1 and model.inserts == 1
+    assert outcomes.count(MissOutcome.INSTALLED) == 1 and model.inserts == 1
 
 
 def test_events_of_an_older_generation_are_dropped() -> None:
@@ -332,3 +332,77 @@ def test_restart_deletes_a_cache_rule_that_is_not_one_mask_block() -> None:
     restarted = FlowCache(cache.policy, model.profile, model, CacheConfig(), clock=clock)
     assert restarted.reconcile() == (0, 1)
     assert model.occupancy == 0
+
+
+# --------------------------------------------------------------- priorities
+def test_cache_rules_take_the_plans_cache_priorities() -> None:
+    from runtime.agent.priorities import PLAN
+
+    cache, model, _clock = setup(max_insert_rate=None)
+    assert cache.on_miss(tcp("198.51.100.7", "10.10.1.11", 40000, 8080).values) == "installed"
+    assert {f.filter.prio for f in model.dump()} == {PLAN.cache.first}
+
+
+def test_restart_moves_no_ethertype_onto_an_adopted_priority() -> None:
+    """A previous run left IPv4 rules at the cache's second priority (its IPv6
+    rules at the first have since gone). They are adopted, and the first new
+    IPv6 rule must not join their priority (flower holds one protocol per
+    priority): it takes the first free one."""
+    from runtime.agent.priorities import PLAN
+
+    text = (
+        "policy p ingress on eth0 {\n    default drop\n"
+        "    allow tcp to 10.0.0.1 dport 80\n    allow tcp to fd00::1 dport 80\n}\n"
+    )
+    policy = web_policy(text)
+    cache, model, clock = setup(policy, max_insert_rate=None)
+    assert cache.on_miss(tcp("192.0.2.1", "10.0.0.1", 40000, 80).values) == "installed"
+    (entry,) = cache.entries.values()
+    moved = FlowerFilter(
+        0,
+        PLAN.cache.at(1),
+        entry.filter.handle,
+        entry.filter.match,
+        entry.filter.action,
+        entry.filter.flags,
+        entry.filter.cookie,
+    )
+    model.delete([entry.filter])
+    model.add([moved])
+    restarted = FlowCache(policy, model.profile, model, CacheConfig(), clock=clock)
+    assert restarted.reconcile() == (1, 0)
+    v6 = Packet.make(family=6, ip_proto=6, ip6_dst=0xFD00 << 112 | 1, sport=40000, dport=80)
+    assert restarted.on_miss(v6.values) == "installed"
+    prios = {(f.filter.match.protocol, f.filter.prio) for f in model.dump()}
+    assert prios == {(0x0800, PLAN.cache.at(1)), (0x86DD, PLAN.cache.first)}
+
+
+def test_restart_deletes_cache_rules_outside_the_cache_priorities() -> None:
+    from runtime.agent.priorities import PLAN
+
+    cache, model, clock = setup(max_insert_rate=None)
+    cache.on_miss(tcp("198.51.100.7", "10.10.1.11", 40000, 8080).values)
+    (entry,) = cache.entries.values()
+    at_guard = FlowerFilter(
+        0,
+        PLAN.guard,
+        entry.filter.handle,
+        entry.filter.match,
+        entry.filter.action,
+        entry.filter.flags,
+        entry.filter.cookie,
+    )
+    model.delete([entry.filter])
+    model.add([at_guard])
+    restarted = FlowCache(cache.policy, model.profile, model, CacheConfig(), clock=clock)
+    assert restarted.reconcile() == (0, 1)
+    assert model.occupancy == 0
+
+
+def test_an_ethertype_past_the_cache_range_is_an_error() -> None:
+    from runtime.agent.priorities import PLAN, PriorityExhausted
+
+    cache, _model, _clock = setup()
+    cache.prio_of.update({0x1000 + i: prio for i, prio in enumerate(PLAN.cache)})
+    with pytest.raises(PriorityExhausted):
+        cache.on_miss(tcp("198.51.100.7", "10.10.1.11", 40000, 8080).values)

@@ -18,6 +18,7 @@ from backends.flower.rules import (
     PASS,
     ROLE_CUTOFF,
     ROLE_FRAME,
+    ROLE_RULE,
     TRAP,
     Cookie,
     FlowerAction,
@@ -81,7 +82,7 @@ def only_rule_filters(
         for f in program.filters
         if f.cookie is not None
         and f.cookie.rule == rule
-        and f.cookie.role == "rule"
+        and f.cookie.role == ROLE_RULE
         and not (untagged and f.match.protocol == ETH_P_8021Q)
         and family in (None, f.match.family)
     ]
@@ -174,7 +175,7 @@ def test_actions_map_to_gact_mirred_skbedit_kinds() -> None:
     )
     program = flower.lower(policy)
     kinds = {
-        f.cookie.rule: f.action for f in program.filters if f.cookie and f.cookie.role == "rule"
+        f.cookie.rule: f.action for f in program.filters if f.cookie and f.cookie.role == ROLE_RULE
     }
     assert kinds[0] == FlowerAction("redirect", device="veth-web")
     assert kinds[1] == FlowerAction("mirror", device="veth-web")
@@ -212,9 +213,9 @@ def test_priorities_shared_only_by_disjoint_filters_of_one_protocol() -> None:
 
 
 def test_cookie_round_trip_and_foreign_cookies() -> None:
-    cookie = Cookie("rule", 7, 12, 99)
+    cookie = Cookie(ROLE_RULE, 7, 12, 99)
     assert Cookie.decode(cookie.encode()) == cookie
-    assert Cookie.decode(Cookie("cutoff", 1, None).encode()) == Cookie("cutoff", 1, None)
+    assert Cookie.decode(Cookie(ROLE_CUTOFF, 1, None).encode()) == Cookie(ROLE_CUTOFF, 1, None)
     assert Cookie.decode(b"\x00" * 16) is None
     assert Cookie.decode(b"FC") is None
     assert Cookie.decode(None) is None

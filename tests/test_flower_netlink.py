@@ -17,6 +17,10 @@ from backends.flower.rules import (
     ETH_P_8021Q,
     ETH_P_IP,
     ETH_P_IPV6,
+    ROLE_CACHE,
+    ROLE_FRAME,
+    ROLE_RULE,
+    ROLE_TRAP,
     Cookie,
     FlowerAction,
     FlowerFilter,
@@ -137,7 +141,7 @@ def filters(draw: st.DrawFn) -> FlowerFilter:
         st.none()
         | st.builds(
             Cookie,
-            st.sampled_from(["rule", "trap", "cache"]),
+            st.sampled_from([ROLE_RULE, ROLE_TRAP, ROLE_CACHE]),
             st.integers(0, 2**32 - 1),
             st.none() | st.integers(0, 2**32 - 2),
             st.integers(0, 2**32 - 1),
@@ -164,7 +168,7 @@ def test_every_attribute_round_trips(f: FlowerFilter) -> None:
 def test_frame_traps_round_trip() -> None:
     for match in (FlowerMatch(ETH_P_8021Q, vlan_ethtype=ETH_P_8021Q), FlowerMatch(ETH_P_8021AD)):
         f = FlowerFilter(
-            0, 1, 1, match, FlowerAction("trap", chain=1), "skip_hw", Cookie("frame", 1, None)
+            0, 1, 1, match, FlowerAction("trap", chain=1), "skip_hw", Cookie(ROLE_FRAME, 1, None)
         )
         assert round_trip(f).filter == f
 

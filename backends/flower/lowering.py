@@ -41,6 +41,7 @@ from backends.flower.rules import (
     ROLE_TRAP,
     TRAP,
     Cookie,
+    CookieRole,
     FlowerAction,
     FlowerFilter,
     FlowerMatch,
@@ -167,7 +168,7 @@ def lower(
         raise FlowerLoweringError("the slow-path chain must not be chain 0")
     trap_action = FlowerAction(TRAP, chain=slow_chain)
     # Entries before prio assignment: (match, action, cookie role, rule index).
-    entries: list[tuple[FlowerMatch, FlowerAction, str, int | None]] = [
+    entries: list[tuple[FlowerMatch, FlowerAction, CookieRole, int | None]] = [
         (FlowerMatch(ETH_P_8021Q, vlan_ethtype=ETH_P_8021Q), trap_action, ROLE_FRAME, None),
         (FlowerMatch(ETH_P_8021AD), trap_action, ROLE_FRAME, None),
     ]
@@ -236,7 +237,7 @@ class _Budget:
 
 
 def _assign(
-    entries: list[tuple[FlowerMatch, FlowerAction, str, int | None]],
+    entries: list[tuple[FlowerMatch, FlowerAction, CookieRole, int | None]],
     policy: Policy,
     profile: NicProfile,
     generation: int,

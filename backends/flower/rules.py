@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 
 from backends.targets import ETH_P_8021AD, ETH_P_8021Q, ETH_P_ALL, ETH_P_IP, ETH_P_IPV6
 from ir.algebra import Cube, full_cube
@@ -26,24 +27,80 @@ VLAN_PROTOCOLS = (ETH_P_8021Q, ETH_P_8021AD)
 ETH_FOR_FAMILY = {FAMILY_IPV4: ETH_P_IP, FAMILY_IPV6: ETH_P_IPV6}
 FAMILY_FOR_ETH = {v: k for k, v in ETH_FOR_FAMILY.items()}
 
-# Flower action kinds; "trap" hands the packet to the slow path (goto chain).
-PASS = "pass"
-TRAP = "trap"
-FLOWER_ACTIONS = (PASS, DROP, REDIRECT, MIRROR, MARK, TRAP)
 
-# What a filter is for, carried in its cookie.
-ROLE_RULE = "rule"  # decides like an IR rule
-ROLE_TRAP = "trap"  # sends an IR rule's packets (or more) to the slow path
-ROLE_FRAME = "frame"  # sends frames outside the IR's model (QinQ, 802.1ad) to the slow path
-ROLE_CUTOFF = "cutoff"  # the device is full: everything below goes to the slow path
-ROLE_CACHE = "cache"  # a runtime cache entry (megaflow) installed by the agent
-ROLES = (ROLE_RULE, ROLE_TRAP, ROLE_FRAME, ROLE_CUTOFF, ROLE_CACHE)
+class FlowerKind(StrEnum):
+    """A flower action kind; the value is its tc spelling (``tc -j`` JSON, ``tc -batch``,
+    profile files), so a member's value may never change."""
 
-FLAGS = ("skip_hw", "skip_sw", "none")
+    PASS = "pass"
+    DROP = "drop"
+    REDIRECT = "redirect"
+    MIRROR = "mirror"
+    MARK = "mark"
+    TRAP = "trap"  # hands the packet to the slow path (goto chain)
+
+
+PASS = FlowerKind.PASS
+TRAP = FlowerKind.TRAP
+FLOWER_ACTIONS = tuple(FlowerKind)
+
+# IR action kind -> the flower action kind that does the same: the one place
+# where the IR's vocabulary (``allow``) meets flower's (``pass``).
+FLOWER_KIND_OF = {
+    ALLOW: FlowerKind.PASS,
+    DROP: FlowerKind.DROP,
+    REDIRECT: FlowerKind.REDIRECT,
+    MIRROR: FlowerKind.MIRROR,
+    MARK: FlowerKind.MARK,
+}
+
+
+class CookieRole(IntEnum):
+    """What a filter is for. The value is the role byte of the cookie on the wire:
+    filters an older flowc installed carry these numbers, so a value never changes
+    and a new role takes a new number."""
+
+    RULE = 0  # decides like an IR rule
+    TRAP = 1  # sends an IR rule's packets (or more) to the slow path
+    FRAME = 2  # sends frames outside the IR's model (QinQ, 802.1ad) to the slow path
+    CUTOFF = 3  # the device is full: everything below goes to the slow path
+    CACHE = 4  # a runtime cache entry (megaflow) installed by the agent
+
+
+ROLE_RULE = CookieRole.RULE
+ROLE_TRAP = CookieRole.TRAP
+ROLE_FRAME = CookieRole.FRAME
+ROLE_CUTOFF = CookieRole.CUTOFF
+ROLE_CACHE = CookieRole.CACHE
+ROLES = tuple(CookieRole)
+
+
+class InstallFlags(StrEnum):
+    """Where a filter may run. The value is its tc spelling; :attr:`kernel_bits` is
+    what TCA_FLOWER_FLAGS carries."""
+
+    SKIP_HW = "skip_hw"  # software flower only
+    SKIP_SW = "skip_sw"  # hardware only (refused when the NIC cannot)
+    NONE = "none"  # both
+
+    @property
+    def kernel_bits(self) -> int:
+        """The TCA_CLS_FLAGS_* bits of the flag."""
+        return _KERNEL_FLAG_BITS[self]
+
+
+# TCA_CLS_FLAGS_SKIP_HW and TCA_CLS_FLAGS_SKIP_SW (include/uapi/linux/pkt_cls.h).
+_KERNEL_FLAG_BITS = {
+    InstallFlags.SKIP_HW: 1 << 0,
+    InstallFlags.SKIP_SW: 1 << 1,
+    InstallFlags.NONE: 0,
+}
+FLAGS = tuple(InstallFlags)
 
 COOKIE_MAGIC = b"FC"
 COOKIE_VERSION = 1
 _COOKIE = struct.Struct("!2sBBIII")
+_ROLE_BYTES = frozenset(int(r) for r in CookieRole)
 NO_RULE = 0xFFFFFFFF
 
 
@@ -270,20 +327,24 @@ class FlowerAction:
     """What a filter does: one of FLOWER_ACTIONS.
 
     Attributes:
-        kind: pass, drop, redirect, mirror, mark or trap.
+        kind: pass, drop, redirect, mirror, mark or trap (a tc spelling is
+            taken too and stored as its :class:`FlowerKind`).
         device: egress device of redirect/mirror.
         mark: the skb mark of ``mark``.
         chain: the slow-path chain a trap jumps to.
     """
 
-    kind: str
+    kind: FlowerKind | str
     device: str | None = None
     mark: int | None = None
     chain: int | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in FLOWER_ACTIONS:
-            raise ValueError(f"unknown flower action {self.kind!r}")
+        try:
+            # Decoders and tests hand in tc spellings; the member is what stays.
+            object.__setattr__(self, "kind", FlowerKind(self.kind))
+        except ValueError:
+            raise ValueError(f"unknown flower action {self.kind!r}") from None
         if (self.kind in (REDIRECT, MIRROR)) != (self.device is not None):
             raise ValueError(
                 f"{self.kind}: device {'missing' if self.device is None else 'unexpected'}"
@@ -309,13 +370,12 @@ class FlowerAction:
 
 def action_for(ir_action: Action) -> FlowerAction:
     """The flower action that does what an IR action does."""
-    if ir_action.kind == ALLOW:
-        return FlowerAction(PASS)
-    if ir_action.kind == DROP:
-        return FlowerAction(DROP)
-    if ir_action.kind in (REDIRECT, MIRROR):
-        return FlowerAction(ir_action.kind, device=ir_action.device)
-    return FlowerAction(MARK, mark=ir_action.mark)
+    kind = FLOWER_KIND_OF[ir_action.kind]
+    if kind in (FlowerKind.REDIRECT, FlowerKind.MIRROR):
+        return FlowerAction(kind, device=ir_action.device)
+    if kind == FlowerKind.MARK:
+        return FlowerAction(kind, mark=ir_action.mark)
+    return FlowerAction(kind)
 
 
 def same_decision(flower: FlowerAction, ir_action: Action) -> bool:
@@ -328,13 +388,13 @@ class Cookie:
     """What flowc writes into a filter's action cookie (16 bytes).
 
     Attributes:
-        role: one of ROLES.
+        role: what the filter is for (its wire byte is the role's value).
         generation: the policy generation that installed the filter.
         rule: the IR rule position the filter implements (None for frame/cutoff traps).
         tag: free 32 bits (the agent's cache-entry id; the lowering's filter number).
     """
 
-    role: str
+    role: CookieRole
     generation: int
     rule: int | None
     tag: int = 0
@@ -344,7 +404,7 @@ class Cookie:
         return _COOKIE.pack(
             COOKIE_MAGIC,
             COOKIE_VERSION,
-            ROLES.index(self.role),
+            int(self.role),
             self.generation & 0xFFFFFFFF,
             NO_RULE if self.rule is None else self.rule,
             self.tag & 0xFFFFFFFF,
@@ -356,9 +416,9 @@ class Cookie:
         if not data or len(data) != _COOKIE.size:
             return None
         magic, version, role, generation, rule, tag = _COOKIE.unpack(data)
-        if magic != COOKIE_MAGIC or version != COOKIE_VERSION or role >= len(ROLES):
+        if magic != COOKIE_MAGIC or version != COOKIE_VERSION or role not in _ROLE_BYTES:
             return None
-        return Cookie(ROLES[role], generation, None if rule == NO_RULE else rule, tag)
+        return Cookie(CookieRole(role), generation, None if rule == NO_RULE else rule, tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +431,8 @@ class FlowerFilter:
         handle: filter handle, unique within (chain, prio).
         match: the keys.
         action: the action.
-        flags: skip_hw, skip_sw or none.
+        flags: skip_hw, skip_sw or none (a tc spelling is taken too and stored
+            as its :class:`InstallFlags`).
         cookie: flowc's cookie, or None for foreign filters.
         origin: the DSL rule the filter implements, when known.
     """
@@ -381,15 +442,19 @@ class FlowerFilter:
     handle: int
     match: FlowerMatch
     action: FlowerAction
-    flags: str = "skip_hw"
+    flags: InstallFlags | str = InstallFlags.SKIP_HW
     cookie: Cookie | None = None
     origin: Origin | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.prio <= 0xFFFF:
             raise ValueError(f"prio {self.prio} outside 1..65535")
-        if self.flags not in FLAGS:
-            raise ValueError(f"flags must be one of {FLAGS}, not {self.flags!r}")
+        try:
+            object.__setattr__(self, "flags", InstallFlags(self.flags))
+        except ValueError:
+            raise ValueError(
+                f"flags must be one of {tuple(f.value for f in FLAGS)}, not {self.flags!r}"
+            ) from None
 
     def label(self) -> str:
         """How messages name the filter."""

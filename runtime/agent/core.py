@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,19 +52,19 @@ from backends.flower.rules import (
 from backends.nic_profile import NicProfile
 from ir.model import Policy
 from ir.packet import Point
-from runtime import tc_attach
-from runtime.bpf_loader import SlowPath
-from runtime.flow_cache import CacheConfig, FlowCache
+from runtime import bpf_loader, tc_attach
+from runtime.agent.counters import TIERS, Counters, check_counters, check_gauges
+from runtime.agent.priorities import PLAN, PriorityExhausted
+from runtime.agent.seams import Installer, SlowPath, SlowPathFactory
+from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
 
 log = logging.getLogger("flowc.agent")
 
 SLOW_CHAIN = flower.DEFAULT_SLOW_CHAIN
-GUARD_PRIO = 15
-PROACTIVE_OFFSET = GUARD_PRIO  # the lowering's prio 1 lands at 16
-CATCH_ALL_PRIO = 0xFFFF
-TIERS = ("slow", "cache", "flower")
+GUARD_PRIO = PLAN.guard
+CATCH_ALL_PRIO = PLAN.catch_all
 
 
 class AgentError(Exception):
@@ -167,6 +167,11 @@ class Snapshot:
     gauges: dict[str, float]
     rules: tuple[tuple[int, str, str, RuleCounters], ...]  # (rule, origin, text, counters)
 
+    def __post_init__(self) -> None:
+        # Only declared names reach the exporter (runtime.agent.counters).
+        check_counters(self.stats)
+        check_gauges(self.gauges)
+
 
 class Agent:
     """One hook's flow cache agent. :meth:`start`, then :meth:`run`, then :meth:`stop`."""
@@ -177,21 +182,26 @@ class Agent:
         load_policy: Callable[[], Policy],
         *,
         clock: Callable[[], float] = time.monotonic,
-        installer: Any = None,
+        installer: Installer | None = None,
+        slow_path: SlowPathFactory | None = None,
         attach: bool = True,
     ) -> None:
         """``installer`` replaces the device's flower installer (the NIC model,
-        where no real part can run); ``attach=False`` leaves the loaded slow
-        path unattached (fed through BPF_PROG_TEST_RUN instead of a hook)."""
+        where no real part can run); ``slow_path`` loads the slow path for a
+        (policy, generation) instead of compiling it with bcc (the in-memory
+        :class:`runtime.agent.slow_path_model.SlowPathModel` in unit tests);
+        ``attach=False`` leaves the loaded slow path unattached (fed through
+        BPF_PROG_TEST_RUN or the model instead of a hook)."""
         self.config = config
         self.load_policy = load_policy
         self.clock = clock
+        self.make_slow_path = slow_path or self._load_bpf_slow_path
         self.attach_slow_path = attach
         self.queue = EventQueue(config.queue_size)
-        self.stats: Counter[str] = Counter()
+        self.stats = Counters()
         self.generation = 0
         self.policy: Policy | None = None
-        self.installer: Any = installer
+        self.installer: Installer | None = installer
         self.slow_path: SlowPath | None = None
         self.cache: FlowCache | None = None
         self.proactive: list[FlowerFilter] = []
@@ -268,9 +278,13 @@ class Agent:
         return max(1, table // 2 if cfg.proactive else table)
 
     def _load_slow_path(self, policy: Policy) -> SlowPath:
-        return SlowPath(
+        return self.make_slow_path(policy, self.generation)
+
+    def _load_bpf_slow_path(self, policy: Policy, generation: int) -> SlowPath:
+        """The real slow path: the policy compiled to BPF and loaded with bcc."""
+        return bpf_loader.SlowPath(
             lower(policy, self.config.strategy),
-            generation=self.generation,
+            generation=generation,
             events=True,
             dedup_ns=self.config.dedup_ns,
         )
@@ -321,10 +335,14 @@ class Agent:
             raise AgentError(str(exc)) from None
         for line in flower.describe(lowered):
             log.info("partition", extra={"fields": {"note": line}})
-        shifted = [dataclasses.replace(f, prio=f.prio + PROACTIVE_OFFSET) for f in lowered.filters]
-        if shifted and shifted[-1].prio >= CATCH_ALL_PRIO:
-            raise AgentError(f"policy {policy.name}: too many flower priorities for the agent")
-        return shifted
+        try:
+            return [
+                dataclasses.replace(f, prio=PLAN.proactive_prio(f.prio)) for f in lowered.filters
+            ]
+        except PriorityExhausted:
+            raise AgentError(
+                f"policy {policy.name}: too many flower priorities for the agent"
+            ) from None
 
     def _install_proactive(self, policy: Policy) -> None:
         assert self.installer is not None
@@ -379,7 +397,7 @@ class Agent:
         events = self.queue.pop(self.config.events_per_tick)
         for point, rule, generation, ts_ns in events:
             outcome = self.cache.on_miss(point, rule=rule, generation=generation)
-            if outcome == "installed":
+            if outcome == MissOutcome.INSTALLED:
                 self.install_latency.append(max(0.0, time.monotonic() - ts_ns / 1e9))
                 del self.install_latency[:-1024]
                 log.debug("installed", extra={"fields": {"rule": rule, "generation": generation}})
@@ -523,7 +541,7 @@ class Agent:
 
     def _take_snapshot(self, installed: list[InstalledFilter]) -> None:
         assert self.cache is not None and self.policy is not None and self.slow_path is not None
-        stats = Counter(self.cache.stats)
+        stats = Counters(self.cache.stats)
         stats.update(self.stats)
         stats["events_received"] = self.queue.received
         stats["event_drops"] = self.queue.dropped

@@ -7,8 +7,10 @@ so the HTTP server's thread never reads the cache while the loop changes it.
 Names (all prefixed ``flowc_``):
 
 * ``agent_<counter>_total``: misses, installs, evictions (``reason`` label),
-  install failures, event drops, revalidations, ... (one per cache/agent counter);
-* ``agent_<gauge>``: occupancy, capacity, distinct masks, queue depth, generation, ...;
+  install failures, event drops, revalidations, ... (every name of
+  :data:`runtime.agent.counters.COUNTERS`, at 0 before it is first counted);
+* ``agent_<gauge>``: occupancy, capacity, distinct masks, queue depth, generation, ...
+  (every name of :data:`runtime.agent.counters.GAUGES`);
 * ``rule_packets_total`` / ``rule_bytes_total`` with ``rule``, ``line`` and
   ``tier`` (slow, cache, flower) labels, ``rule_last_hit_timestamp_seconds``,
   and ``rule_info`` carrying each rule's DSL text.
@@ -26,15 +28,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from runtime.agent.core import TIERS, Snapshot
+from runtime.agent.core import Snapshot
+from runtime.agent.counters import COUNTERS, EVICTION_REASONS, GAUGES, TIERS
 
 PREFIX = "flowc"
-EVICTION_REASONS = {
-    "evictions_idle": "idle",
-    "evictions_lru": "capacity",
-    "revalidation_deletes": "revalidation",
-    "reconcile_deletes": "reconcile",
-}
 
 
 class SnapshotCollector(Collector):
@@ -44,24 +41,27 @@ class SnapshotCollector(Collector):
         self.current = current
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the families of the latest snapshot (none before the first)."""
+        """Yield every declared family from the latest snapshot (counters and gauges
+        at 0 and no rules before the first)."""
         snap = self.current()
-        if snap is None:
-            return
+        stats = snap.stats if snap is not None else {}
+        gauges = snap.gauges if snap is not None else {}
         evictions = CounterMetricFamily(
             f"{PREFIX}_agent_evictions", "Cache rules deleted, by reason", labels=["reason"]
         )
         for name, reason in EVICTION_REASONS.items():
-            evictions.add_metric([reason], snap.stats.get(name, 0))
+            evictions.add_metric([reason], stats.get(name, 0))
         yield evictions
-        for name in sorted(snap.stats):
-            if name in EVICTION_REASONS:
-                continue
+        for name in sorted(COUNTERS):
             yield CounterMetricFamily(
-                f"{PREFIX}_agent_{name}", f"flowc agent counter {name}", value=snap.stats[name]
+                f"{PREFIX}_agent_{name}", COUNTERS[name], value=stats.get(name, 0)
             )
-        for name, value in sorted(snap.gauges.items()):
-            yield GaugeMetricFamily(f"{PREFIX}_agent_{name}", f"flowc agent {name}", value=value)
+        for name in sorted(GAUGES):
+            yield GaugeMetricFamily(
+                f"{PREFIX}_agent_{name}", GAUGES[name], value=gauges.get(name, 0.0)
+            )
+        if snap is None:
+            return
         info = GaugeMetricFamily(
             f"{PREFIX}_rule_info", "A policy rule and its DSL text", labels=["rule", "line", "text"]
         )

@@ -1,0 +1,89 @@
+"""Every counter and gauge the agent exports, declared once.
+
+The cache and the agent count into :class:`Counters`, which refuses a name
+this table does not declare, and the metrics collector exports exactly the
+declared names (at 0 until counted), so a misspelt name fails where it is
+written instead of quietly becoming a new metric, and a dashboard sees every
+series from the agent's first scrape on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+COUNTERS: dict[str, str] = {
+    "misses": "Miss events the cache handled",
+    "installs": "Cache rules installed",
+    "covered": "Misses an installed cache rule already covered",
+    "stale": "Misses decided under another generation or rule, dropped",
+    "admission": "Misses of flows that had not earned a rule yet",
+    "negative": "Misses whose cube the device refused recently",
+    "rate": "Misses over the agent's insertion rate",
+    "unexpressible": "Misses no single flower match could hold",
+    "install_failures": "Cache rules the device refused",
+    "delete_failures": "Delete requests the device refused",
+    "removed": "Cache rules removed on a clean stop",
+    "revalidations": "Cache rules revalidated on policy updates",
+    "adopted": "Cache rules a previous run left and this one adopted",
+    "policy_updates": "Policy updates applied",
+    "policy_update_failures": "Policy updates refused (the running policy stayed)",
+    "events_received": "Miss events read from the ring buffer",
+    "event_drops": "Miss events dropped because the queue was full",
+    "event_duplicates": "Miss events merged with a queued one of the same flow",
+    "slow_path_events_lost": "Miss events the slow path could not write to the ring",
+    "slow_path_events_sent": "Miss events the slow path wrote to the ring",
+}
+"""Counter name -> help text (exported as ``flowc_agent_<name>_total``)."""
+
+EVICTION_REASONS: dict[str, str] = {
+    "evictions_idle": "idle",
+    "evictions_lru": "capacity",
+    "revalidation_deletes": "revalidation",
+    "reconcile_deletes": "reconcile",
+}
+"""Counter name -> ``reason`` label of ``flowc_agent_evictions_total``."""
+
+GAUGES: dict[str, str] = {
+    "occupancy": "Cache rules installed now",
+    "peak_occupancy": "Most cache rules installed at once",
+    "capacity": "Cache rules the agent allows",
+    "distinct_masks": "Mask signatures the cache rules use",
+    "queue_depth": "Miss events waiting",
+    "proactive_filters": "Proactive flower filters installed",
+    "generation": "Policy generation running",
+    "install_latency_p50_seconds": "Median time from miss event to installed rule",
+}
+"""Gauge name -> help text (exported as ``flowc_agent_<name>``)."""
+
+TIERS = ("slow", "cache", "flower")
+"""Where a rule's packets were decided: the ``tier`` label of the rule metrics."""
+
+DECLARED_COUNTERS = frozenset(COUNTERS) | frozenset(EVICTION_REASONS)
+
+
+class UndeclaredMetric(KeyError):
+    """A counter or gauge name the table above does not declare."""
+
+
+class Counters(Counter[str]):
+    """A Counter of declared counter names only (reading an unknown one gives 0,
+    writing one raises :class:`UndeclaredMetric`)."""
+
+    def __setitem__(self, name: str, value: int) -> None:
+        check_counters([name])
+        super().__setitem__(name, value)
+
+
+def check_counters(names: Iterable[str]) -> None:
+    """Raise :class:`UndeclaredMetric` for a name in ``names`` that is not a declared counter."""
+    unknown = sorted(str(n) for n in names if n not in DECLARED_COUNTERS)
+    if unknown:
+        raise UndeclaredMetric(f"undeclared counter(s): {', '.join(unknown)}")
+
+
+def check_gauges(names: Iterable[str]) -> None:
+    """Raise :class:`UndeclaredMetric` for a name in ``names`` that is not a declared gauge."""
+    unknown = sorted(str(n) for n in names if n not in GAUGES)
+    if unknown:
+        raise UndeclaredMetric(f"undeclared gauge(s): {', '.join(unknown)}")
