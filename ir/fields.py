@@ -19,6 +19,7 @@ prerequisite fields are themselves unconditional (roots).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ir.valueset import ValueSet
@@ -277,12 +278,15 @@ def field_exists(name: str, family: int, ip_proto: int | None) -> bool:
     prerequisite = HEADER_SPACE.field(name).prerequisite
     if not prerequisite:
         return True
-    known = {"family": family, "ip_proto": ip_proto}
+    known: dict[str, int | None] = {"family": family, "ip_proto": ip_proto}
     for alternative in prerequisite:
-        for root, _values in alternative:
+        holds = True
+        for root, values in alternative:
             if root not in known:
                 raise ValueError(f"{name}: prerequisite on {root} is not family or ip_proto")
-        if all(known[root] is not None and known[root] in values for root, values in alternative):
+            value = known[root]
+            holds = holds and value is not None and value in values
+        if holds:
             return True
     return False
 
@@ -293,8 +297,14 @@ def protocols_with(name: str) -> dict[int, ValueSet]:
     >>> protocols_with("tcp_flags")[FAMILY_IPV6] == ValueSet.of_value(8, PROTO_TCP)
     True
     """
-    # 256 protocols, so asking field_exists of each is exact and cheap.
-    return {
-        family: ValueSet.of_values(8, (p for p in range(256) if field_exists(name, family, p)))
+    return dict(_protocols_with(name))
+
+
+@functools.cache
+def _protocols_with(name: str) -> tuple[tuple[int, ValueSet], ...]:
+    # 256 protocols, so asking field_exists of each is exact; cached because the
+    # compiler asks once per clause.
+    return tuple(
+        (family, ValueSet.of_values(8, (p for p in range(256) if field_exists(name, family, p))))
         for family in (FAMILY_IPV4, FAMILY_IPV6)
-    }
+    )
