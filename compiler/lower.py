@@ -29,12 +29,9 @@ from ir import model
 from ir.fields import (
     FAMILY_IPV4,
     FAMILY_IPV6,
-    PORT_PROTOCOLS,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
     PROTOCOL_NAMES,
     TCP_FLAG_BITS,
+    protocols_with,
 )
 from ir.valueset import ValueSet
 
@@ -497,19 +494,15 @@ class Lowerer:
         flags_clause: ast.FlagsClause | None,
     ) -> None:
         """Fill in or check the protocol a protocol-specific clause needs."""
-        ports = ValueSet.of_values(8, PORT_PROTOCOLS)
-        icmp_by_family = {
-            FAMILY_IPV4: ValueSet.of_value(8, PROTO_ICMP),
-            FAMILY_IPV6: ValueSet.of_value(8, PROTO_ICMPV6),
-        }
-        tcp = ValueSet.of_value(8, PROTO_TCP)
+        # What each clause needs is the prerequisite of its field in ir/fields.py.
+        icmp_by_family = protocols_with("icmp_type")
         needs: list[tuple[ast.Clause, dict[int, ValueSet], str]] = []
         if port_clauses:
-            needs.append((port_clauses[0], {f: ports for f in FAMILIES}, "tcp, udp or sctp"))
+            needs.append((port_clauses[0], protocols_with("dport"), "tcp, udp or sctp"))
         if icmp_clauses:
             needs.append((icmp_clauses[0], icmp_by_family, "icmp or icmpv6"))
         if flags_clause is not None:
-            needs.append((flags_clause, {f: tcp for f in FAMILIES}, "tcp"))
+            needs.append((flags_clause, protocols_with("tcp_flags"), "tcp"))
         if not needs:
             return
         needs.sort(key=lambda n: (n[0].pos.line, n[0].pos.column))
@@ -542,7 +535,11 @@ class Lowerer:
             outside = given - required[fam]
             # proto 1 over IPv6 (or 58 over IPv4) carries no ICMP header of that
             # kind: that family simply cannot match, which narrow_families reports.
-            tolerated = ValueSet.of_values(8, (PROTO_ICMP, PROTO_ICMPV6) if icmp_clauses else ())
+            tolerated = (
+                icmp_by_family[FAMILY_IPV4] | icmp_by_family[FAMILY_IPV6]
+                if icmp_clauses
+                else ValueSet.empty(8)
+            )
             wrong = outside - tolerated
             if not wrong.is_empty():
                 bad = wrong.pick()

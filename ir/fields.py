@@ -19,6 +19,7 @@ prerequisite fields are themselves unconditional (roots).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ir.valueset import ValueSet
@@ -255,3 +256,54 @@ PROTOCOL_NAMES: dict[str, int] = {
     "sctp": PROTO_SCTP,
 }
 PROTOCOL_BY_NUMBER: dict[int, str] = {v: k for k, v in PROTOCOL_NAMES.items()}
+
+
+def field_exists(name: str, family: int, ip_proto: int | None) -> bool:
+    """Whether field ``name`` is present in a packet of ``family`` carrying ``ip_proto``.
+
+    The answer is read from the field's prerequisite, so the flower lowering and
+    the DSL's protocol implication agree with the interpreter. ``ip_proto``
+    None means "not known to be any one protocol", where no protocol-dependent
+    field can be relied on.
+
+    >>> field_exists("dport", FAMILY_IPV4, PROTO_UDP), field_exists("dport", FAMILY_IPV4, 47)
+    (True, False)
+    >>> field_exists("icmp_type", FAMILY_IPV6, PROTO_ICMP)
+    False
+
+    Raises:
+        ValueError: the prerequisite depends on a root other than family and ip_proto.
+    """
+    prerequisite = HEADER_SPACE.field(name).prerequisite
+    if not prerequisite:
+        return True
+    known: dict[str, int | None] = {"family": family, "ip_proto": ip_proto}
+    for alternative in prerequisite:
+        holds = True
+        for root, values in alternative:
+            if root not in known:
+                raise ValueError(f"{name}: prerequisite on {root} is not family or ip_proto")
+            value = known[root]
+            holds = holds and value is not None and value in values
+        if holds:
+            return True
+    return False
+
+
+def protocols_with(name: str) -> dict[int, ValueSet]:
+    """Per IP family, the IP protocols with which field ``name`` exists.
+
+    >>> protocols_with("tcp_flags")[FAMILY_IPV6] == ValueSet.of_value(8, PROTO_TCP)
+    True
+    """
+    return dict(_protocols_with(name))
+
+
+@functools.cache
+def _protocols_with(name: str) -> tuple[tuple[int, ValueSet], ...]:
+    # 256 protocols, so asking field_exists of each is exact; cached because the
+    # compiler asks once per clause.
+    return tuple(
+        (family, ValueSet.of_values(8, (p for p in range(256) if field_exists(name, family, p))))
+        for family in (FAMILY_IPV4, FAMILY_IPV6)
+    )

@@ -29,6 +29,15 @@ from pyroute2.netlink.rtnl.tcmsg import plugins as tc_plugins
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 from pyroute2.netlink.rtnl.tcmsg.common import stats2
 
+from backends.flower.keys import (
+    ETH_TYPE,
+    FLOWER_KEYS,
+    Attribute,
+    Cover,
+    FlowerKey,
+    Variant,
+    key_attributes,
+)
 from backends.flower.rules import (
     ETH_P_8021AD,
     ETH_P_8021Q,
@@ -49,7 +58,7 @@ from backends.targets import (
     TC_ACT_SHOT,
     TC_ACT_STOLEN,
 )
-from ir.fields import FAMILY_IPV4, PROTO_SCTP, PROTO_TCP, PROTO_UDP
+from ir.fields import PROTOCOL_BY_NUMBER
 from ir.model import DROP, MARK, MIRROR, REDIRECT
 
 RTM_NEWTFILTER = 44
@@ -340,68 +349,65 @@ tc_plugins["flower"] = sys.modules[__name__]
 
 
 # ------------------------------------------------------------------- encode
-PORT_KEY_ATTRS = {
-    # The TCA_FLOWER_* (source, destination) port keys of each transport.
-    PROTO_TCP: ("TCA_FLOWER_KEY_TCP_SRC", "TCA_FLOWER_KEY_TCP_DST"),
-    PROTO_UDP: ("TCA_FLOWER_KEY_UDP_SRC", "TCA_FLOWER_KEY_UDP_DST"),
-    PROTO_SCTP: ("TCA_FLOWER_KEY_SCTP_SRC", "TCA_FLOWER_KEY_SCTP_DST"),
-}
-
-
 class FlowerCodecError(ValueError):
     """A filter that cannot be put into (or read out of) a netlink message."""
-
-
-def _addr_text(value: int, family: int) -> str:
-    if family == FAMILY_IPV4:
-        return str(ipaddress.IPv4Address(value))
-    return str(ipaddress.IPv6Address(value))
 
 
 def _key_attrs(m: FlowerMatch) -> list[list[Any]]:
     attrs: list[list[Any]] = []
     if m.protocol != ETH_P_ALL:
-        attrs.append(["TCA_FLOWER_KEY_ETH_TYPE", m.protocol])
-    if m.vlan_id is not None:
-        attrs.append(["TCA_FLOWER_KEY_VLAN_ID", m.vlan_id])
-    if m.vlan_ethtype is not None:
-        attrs.append(["TCA_FLOWER_KEY_VLAN_ETH_TYPE", m.vlan_ethtype])
-    if m.ip_proto is not None:
-        attrs.append(["TCA_FLOWER_KEY_IP_PROTO", m.ip_proto])
-    if m.ip_tos is not None:
-        attrs.append(["TCA_FLOWER_KEY_IP_TOS", m.ip_tos.value])
-        attrs.append(["TCA_FLOWER_KEY_IP_TOS_MASK", m.ip_tos.mask])
-    family = m.family
-    for side, key in (("SRC", m.src_ip), ("DST", m.dst_ip)):
-        if key is None:
-            continue
-        if family is None:
-            raise FlowerCodecError("an address key needs an IP ethertype")
-        prefix = "IPV4" if family == FAMILY_IPV4 else "IPV6"
-        attrs.append([f"TCA_FLOWER_KEY_{prefix}_{side}", _addr_text(key.value, family)])
-        attrs.append([f"TCA_FLOWER_KEY_{prefix}_{side}_MASK", _addr_text(key.mask, family)])
-    for side, port in (("SRC", m.src_port), ("DST", m.dst_port)):
-        if port is None:
-            continue
-        if isinstance(port, PortRange):
-            attrs.append([f"TCA_FLOWER_KEY_PORT_{side}_MIN", port.lo])
-            attrs.append([f"TCA_FLOWER_KEY_PORT_{side}_MAX", port.hi])
-            continue
-        if m.ip_proto not in PORT_KEY_ATTRS:
-            raise FlowerCodecError("a port key needs ip_proto tcp, udp or sctp")
-        name = PORT_KEY_ATTRS[m.ip_proto][0 if side == "SRC" else 1]
-        attrs.append([name, port.value])
-        attrs.append([f"{name}_MASK", port.mask])
-    if m.tcp_flags is not None:
-        attrs.append(["TCA_FLOWER_KEY_TCP_FLAGS", m.tcp_flags.value])
-        attrs.append(["TCA_FLOWER_KEY_TCP_FLAGS_MASK", m.tcp_flags.mask])
-    for what, key in (("TYPE", m.icmp_type), ("CODE", m.icmp_code)):
-        if key is None:
-            continue
-        version = "ICMPV4" if family == FAMILY_IPV4 else "ICMPV6"
-        attrs.append([f"TCA_FLOWER_KEY_{version}_{what}", key.value])
-        attrs.append([f"TCA_FLOWER_KEY_{version}_{what}_MASK", key.mask])
+        attrs.append([ETH_TYPE.name, m.protocol])
+    for flower_key, variant, key in wire_keys(m):
+        if isinstance(key, PortRange):
+            assert flower_key.ranges is not None
+            attrs.append([flower_key.ranges[0].name, key.lo])
+            attrs.append([flower_key.ranges[1].name, key.hi])
+        elif variant.mask is None:
+            attrs.append([variant.value.name, _to_nla(variant.value, key)])
+        else:
+            attrs.append([variant.value.name, _to_nla(variant.value, key.value)])
+            attrs.append([variant.mask.name, _to_nla(variant.mask, key.mask)])
     return attrs
+
+
+# How refusals name a key.
+_KEY_NOUN = {Cover.ADDRESS: "an address", Cover.PORT: "a port"}
+
+
+def wire_keys(m: FlowerMatch) -> list[tuple[FlowerKey, Variant, Any]]:
+    """Each key of ``m`` with the variant that carries it on the wire, in the order
+    both encoders write them; raises FlowerCodecError for a key netlink cannot
+    carry with the filter's ethertype and protocol."""
+    out = []
+    family = m.family
+    for flower_key in FLOWER_KEYS:
+        key = getattr(m, flower_key.name)
+        if key is None:
+            continue
+        noun = _KEY_NOUN.get(flower_key.cover, f"a {flower_key.name}")
+        if flower_key.needs_family and family is None:
+            raise FlowerCodecError(f"{noun} key needs an IP ethertype")
+        variant = flower_key.variant_for(family, m.ip_proto)
+        if variant is None and not isinstance(key, PortRange):
+            *most, last = [
+                PROTOCOL_BY_NUMBER[v.ip_proto] for v in flower_key.variants if v.ip_proto
+            ]
+            raise FlowerCodecError(f"{noun} key needs ip_proto {', '.join(most)} or {last}")
+        out.append((flower_key, variant or flower_key.variants[0], key))
+    return out
+
+
+def _to_nla(attribute: Attribute, value: int) -> Any:
+    """The value as pyroute2 takes it for the attribute's nla type."""
+    if not attribute.codec.address:
+        return value
+    if attribute.codec.size == 4:
+        return str(ipaddress.IPv4Address(value))
+    return str(ipaddress.IPv6Address(value))
+
+
+def _from_nla(attribute: Attribute, value: Any) -> int:
+    return int(ipaddress.ip_address(value)) if attribute.codec.address else int(value)
 
 
 def _action_attrs(
@@ -507,78 +513,29 @@ class InstalledFilter:
     in_hw_count: int
 
 
-_HANDLED = {
-    "TCA_FLOWER_KEY_ETH_TYPE",
-    "TCA_FLOWER_KEY_VLAN_ID",
-    "TCA_FLOWER_KEY_VLAN_ETH_TYPE",
-    "TCA_FLOWER_KEY_IP_PROTO",
-    "TCA_FLOWER_KEY_IP_TOS",
-    "TCA_FLOWER_KEY_IP_TOS_MASK",
-    "TCA_FLOWER_FLAGS",
-    "TCA_FLOWER_ACT",
-    "TCA_FLOWER_IN_HW_COUNT",
-    "TCA_FLOWER_KEY_TCP_FLAGS",
-    "TCA_FLOWER_KEY_TCP_FLAGS_MASK",
-}
-_HANDLED |= {
-    f"TCA_FLOWER_KEY_{v}_{s}{m}"
-    for v in ("IPV4", "IPV6")
-    for s in ("SRC", "DST")
-    for m in ("", "_MASK")
-}
-_HANDLED |= {
-    f"TCA_FLOWER_KEY_{p}_{s}{m}"
-    for p in ("TCP", "UDP", "SCTP")
-    for s in ("SRC", "DST")
-    for m in ("", "_MASK")
-}
-_HANDLED |= {f"TCA_FLOWER_KEY_PORT_{s}_{e}" for s in ("SRC", "DST") for e in ("MIN", "MAX")}
-_HANDLED |= {
-    f"TCA_FLOWER_KEY_{v}_{w}{m}"
-    for v in ("ICMPV4", "ICMPV6")
-    for w in ("TYPE", "CODE")
-    for m in ("", "_MASK")
+_HANDLED = {"TCA_FLOWER_FLAGS", "TCA_FLOWER_ACT", "TCA_FLOWER_IN_HW_COUNT"} | {
+    attribute.name for attribute in key_attributes()
 }
 
 
-def _port_key(
-    opts: Any, proto: int | None, side: str, top: int = 0xFFFF
-) -> Masked | PortRange | None:
-    lo = opts.get_attr(f"TCA_FLOWER_KEY_PORT_{side}_MIN")
-    hi = opts.get_attr(f"TCA_FLOWER_KEY_PORT_{side}_MAX")
-    if lo is not None and hi is not None:
-        return PortRange(lo, hi)
-    for names in PORT_KEY_ATTRS.values():
-        name = names[0 if side == "SRC" else 1]
-        value = opts.get_attr(name)
-        if value is not None:
-            mask = opts.get_attr(f"{name}_MASK")
-            mask = top if mask is None else mask
-            return Masked(value & mask, mask)
+def _decode_key(opts: Any, flower_key: FlowerKey) -> Masked | PortRange | int | None:
+    """One key from decoded flower options: a native range first, else the first
+    variant whose value attribute is present (a missing mask is a full one)."""
+    if flower_key.ranges is not None:
+        lo, hi = (opts.get_attr(a.name) for a in flower_key.ranges)
+        if lo is not None and hi is not None:
+            return PortRange(lo, hi)
+    for variant in flower_key.variants:
+        value = opts.get_attr(variant.value.name)
+        if value is None:
+            continue
+        number = _from_nla(variant.value, value)
+        if variant.mask is None:
+            return number
+        mask_value = opts.get_attr(variant.mask.name)
+        mask = variant.full_mask if mask_value is None else _from_nla(variant.mask, mask_value)
+        return Masked(number & mask, mask)
     return None
-
-
-def _masked(opts: Any, name: str, top: int) -> Masked | None:
-    value = opts.get_attr(name)
-    if value is None:
-        return None
-    mask = opts.get_attr(f"{name}_MASK")
-    mask = top if mask is None else mask
-    return Masked(value & mask, mask)
-
-
-def _addr_key(opts: Any, name: str) -> Masked | None:
-    value = opts.get_attr(name)
-    if value is None:
-        return None
-    mask = opts.get_attr(f"{name}_MASK")
-    v = int(ipaddress.ip_address(value))
-    m = (
-        int(ipaddress.ip_address(mask))
-        if mask is not None
-        else (1 << (32 if "IPV4" in name else 128)) - 1
-    )
-    return Masked(v & m, m)
 
 
 def decode_filter(
@@ -600,26 +557,12 @@ def decode_filter(
             f"prio {prio} handle {msg['handle']:#x}: "
             f"keys flowc does not model: {', '.join(unknown)}"
         )
-    proto = opts.get_attr("TCA_FLOWER_KEY_IP_PROTO")
-    vlan_ethtype = opts.get_attr("TCA_FLOWER_KEY_VLAN_ETH_TYPE")
-    match = FlowerMatch(
-        protocol,
-        vlan_id=opts.get_attr("TCA_FLOWER_KEY_VLAN_ID"),
-        vlan_ethtype=vlan_ethtype if protocol in (ETH_P_8021Q, ETH_P_8021AD) else None,
-        ip_proto=proto,
-        ip_tos=_masked(opts, "TCA_FLOWER_KEY_IP_TOS", 0xFF),
-        src_ip=_addr_key(opts, "TCA_FLOWER_KEY_IPV4_SRC")
-        or _addr_key(opts, "TCA_FLOWER_KEY_IPV6_SRC"),
-        dst_ip=_addr_key(opts, "TCA_FLOWER_KEY_IPV4_DST")
-        or _addr_key(opts, "TCA_FLOWER_KEY_IPV6_DST"),
-        src_port=_port_key(opts, proto, "SRC"),
-        dst_port=_port_key(opts, proto, "DST"),
-        tcp_flags=_masked(opts, "TCA_FLOWER_KEY_TCP_FLAGS", 0xFFF),
-        icmp_type=_masked(opts, "TCA_FLOWER_KEY_ICMPV4_TYPE", 0xFF)
-        or _masked(opts, "TCA_FLOWER_KEY_ICMPV6_TYPE", 0xFF),
-        icmp_code=_masked(opts, "TCA_FLOWER_KEY_ICMPV4_CODE", 0xFF)
-        or _masked(opts, "TCA_FLOWER_KEY_ICMPV6_CODE", 0xFF),
-    )
+    keys = {}
+    for flower_key in FLOWER_KEYS:
+        if flower_key.vlan_protocols_only and protocol not in (ETH_P_8021Q, ETH_P_8021AD):
+            continue
+        keys[flower_key.name] = _decode_key(opts, flower_key)
+    match = FlowerMatch(protocol, **keys)  # type: ignore[arg-type]
     flags = opts.get_attr("TCA_FLOWER_FLAGS") or 0
     flag_name = (
         "skip_hw"

@@ -5,9 +5,11 @@ and lets pyroute2's generic encoder walk them: about 265 µs per filter on
 this machine's host, 25 times that in the emulated guest, which made a
 batched install 25 times slower than ``tc -batch`` although the kernel side
 was the same. This module writes the same bytes with precompiled
-``struct`` layouts (a few µs per filter). The attribute numbers come from
-the pyroute2 classes in :mod:`runtime.flower_netlink`, so the two encoders
-cannot drift apart silently, and the tests hold them to byte equality.
+``struct`` layouts (a few µs per filter). Key attributes, their numbers and
+codecs come from the key registry (:mod:`backends.flower.keys`) through
+:func:`runtime.flower_netlink.wire_keys`, the rest of the numbers from the
+pyroute2 classes there, so the two encoders cannot drift apart silently, and
+the tests hold them to byte equality.
 
 Entry points: :func:`new_filter_request` and :func:`delete_filter_request`,
 each one complete netlink message.
@@ -20,6 +22,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+from backends.flower.keys import ETH_TYPE
 from backends.flower.rules import (
     ETH_P_ALL,
     PASS,
@@ -28,13 +31,10 @@ from backends.flower.rules import (
     FlowerAction,
     FlowerFilter,
     FlowerMatch,
-    Masked,
     PortRange,
 )
-from ir.fields import FAMILY_IPV4, FAMILY_IPV6
 from ir.model import DROP, MIRROR, REDIRECT
 from runtime.flower_netlink import (
-    PORT_KEY_ATTRS,
     RTM_DELTFILTER,
     RTM_NEWTFILTER,
     TC_ACT_GOTO_CHAIN,
@@ -45,7 +45,6 @@ from runtime.flower_netlink import (
     TCA_CLS_FLAGS_SKIP_SW,
     TCA_EGRESS_MIRROR,
     TCA_EGRESS_REDIR,
-    FlowerCodecError,
     flower_options,
     flower_tcmsg,
     gact_options,
@@ -53,6 +52,7 @@ from runtime.flower_netlink import (
     mirred_options,
     skbedit_options,
     tca_act_prio,
+    wire_keys,
 )
 from runtime.netlink import NLMSGHDR, header
 
@@ -106,91 +106,23 @@ _FILTER_FLAGS = {
     )
 }
 
-_PORT_NUMBERS = {
-    proto: tuple((_FLOWER[name], _FLOWER[f"{name}_MASK"]) for name in names)
-    for proto, names in PORT_KEY_ATTRS.items()
-}
-_ADDRESS_NUMBERS = {
-    family: tuple(
-        (
-            _FLOWER[f"TCA_FLOWER_KEY_{version}_{side}"],
-            _FLOWER[f"TCA_FLOWER_KEY_{version}_{side}_MASK"],
-        )
-        for side in ("SRC", "DST")
-    )
-    for family, version in ((FAMILY_IPV4, "IPV4"), (FAMILY_IPV6, "IPV6"))
-}
-_RANGE_NUMBERS = tuple(
-    (_FLOWER[f"TCA_FLOWER_KEY_PORT_{side}_MIN"], _FLOWER[f"TCA_FLOWER_KEY_PORT_{side}_MAX"])
-    for side in ("SRC", "DST")
-)
-_ICMP_NUMBERS = {
-    family: tuple(
-        (
-            _FLOWER[f"TCA_FLOWER_KEY_{version}_{what}"],
-            _FLOWER[f"TCA_FLOWER_KEY_{version}_{what}_MASK"],
-        )
-        for what in ("TYPE", "CODE")
-    )
-    for family, version in ((FAMILY_IPV4, "ICMPV4"), (FAMILY_IPV6, "ICMPV6"))
-}
-
-
-def _u8_pair(numbers: tuple[int, int], key: Masked) -> bytes:
-    return _attr(numbers[0], bytes((key.value,))) + _attr(numbers[1], bytes((key.mask,)))
-
 
 def _key_attrs(m: FlowerMatch) -> bytes:
     """The key attributes, in the order runtime.flower_netlink writes them."""
     out = []
     if m.protocol != ETH_P_ALL:
-        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_ETH_TYPE"], _BE16.pack(m.protocol)))
-    if m.vlan_id is not None:
-        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_VLAN_ID"], _U16.pack(m.vlan_id)))
-    if m.vlan_ethtype is not None:
-        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_VLAN_ETH_TYPE"], _BE16.pack(m.vlan_ethtype)))
-    if m.ip_proto is not None:
-        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_IP_PROTO"], bytes((m.ip_proto,))))
-    if m.ip_tos is not None:
-        out.append(
-            _u8_pair(
-                (_FLOWER["TCA_FLOWER_KEY_IP_TOS"], _FLOWER["TCA_FLOWER_KEY_IP_TOS_MASK"]), m.ip_tos
-            )
-        )
-    family = m.family
-    for side, key in enumerate((m.src_ip, m.dst_ip)):
-        if key is None:
-            continue
-        if family is None:
-            raise FlowerCodecError("an address key needs an IP ethertype")
-        size = 4 if family == FAMILY_IPV4 else 16
-        value_number, mask_number = _ADDRESS_NUMBERS[family][side]
-        out.append(_attr(value_number, key.value.to_bytes(size, "big")))
-        out.append(_attr(mask_number, key.mask.to_bytes(size, "big")))
-    for side, port in enumerate((m.src_port, m.dst_port)):
-        if port is None:
-            continue
-        if isinstance(port, PortRange):
-            low_number, high_number = _RANGE_NUMBERS[side]
-            out.append(_attr(low_number, _BE16.pack(port.lo)))
-            out.append(_attr(high_number, _BE16.pack(port.hi)))
-            continue
-        if m.ip_proto not in _PORT_NUMBERS:
-            raise FlowerCodecError("a port key needs ip_proto tcp, udp or sctp")
-        value_number, mask_number = _PORT_NUMBERS[m.ip_proto][side]
-        out.append(_attr(value_number, _BE16.pack(port.value)))
-        out.append(_attr(mask_number, _BE16.pack(port.mask)))
-    if m.tcp_flags is not None:
-        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_TCP_FLAGS"], _BE16.pack(m.tcp_flags.value)))
-        out.append(_attr(_FLOWER["TCA_FLOWER_KEY_TCP_FLAGS_MASK"], _BE16.pack(m.tcp_flags.mask)))
-    for which, key in enumerate((m.icmp_type, m.icmp_code)):
-        if key is None:
-            continue
-        out.append(
-            _u8_pair(
-                _ICMP_NUMBERS[FAMILY_IPV4 if family == FAMILY_IPV4 else FAMILY_IPV6][which], key
-            )
-        )
+        out.append(_attr(ETH_TYPE.number, ETH_TYPE.codec.pack(m.protocol)))
+    for flower_key, variant, key in wire_keys(m):
+        if isinstance(key, PortRange):
+            assert flower_key.ranges is not None
+            low, high = flower_key.ranges
+            out.append(_attr(low.number, low.codec.pack(key.lo)))
+            out.append(_attr(high.number, high.codec.pack(key.hi)))
+        elif variant.mask is None:
+            out.append(_attr(variant.value.number, variant.value.codec.pack(key)))
+        else:
+            out.append(_attr(variant.value.number, variant.value.codec.pack(key.value)))
+            out.append(_attr(variant.mask.number, variant.mask.codec.pack(key.mask)))
     return b"".join(out)
 
 

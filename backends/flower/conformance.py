@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from backends.flower.keys import KEYS, Cover
 from backends.flower.rules import FlowerFilter, Masked, PortRange
 from backends.nic_profile import NicProfile
 
@@ -25,31 +26,19 @@ class ProfileViolation:
         return f"{self.filter.label()}{where}: {self.problem}"
 
 
-_KEY_KIND = {
-    "vlan_id": "vlan_id",
-    "ip_proto": "ip_proto",
-    "ip_tos": "ip_tos",
-    "src_port": "ports",
-    "dst_port": "ports",
-    "tcp_flags": "tcp_flags",
-    "icmp_type": "icmp",
-    "icmp_code": "icmp",
-}
-
-
 def profile_problem(f: FlowerFilter, profile: NicProfile) -> str | None:
     """Why the device ``profile`` describes cannot hold filter ``f`` (None: it can)."""
     if not profile.allows_action(f.action.kind):
         return f"action {f.action.kind} is not offloaded by {profile.name}"
     m = f.match
     for name, key in m.key_items():
-        if name in ("src_ip", "dst_ip"):
-            kind, width = ("ipv4", 32) if m.family == 4 else ("ipv6", 128)
+        flower_key = KEYS[name]
+        variant = flower_key.family_variant(m.family)
+        if flower_key.cover == Cover.ADDRESS:
             assert isinstance(key, Masked)
-            if profile.address_masks == "prefix" and not _is_prefix_mask(key.mask, width):
+            if profile.address_masks == "prefix" and not _is_prefix_mask(key.mask, variant.width):
                 return f"{name} mask {key.mask:#x} is not a prefix ({profile.name})"
-        else:
-            kind = _KEY_KIND.get(name, "")
+        kind = variant.capability
         if kind and not profile.allows_field(kind):
             return f"key {name} is not matched by {profile.name}"
         if isinstance(key, PortRange) and not profile.port_ranges:

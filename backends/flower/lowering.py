@@ -29,6 +29,13 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from backends.flower.keys import (
+    CAPABILITY_OF_FIELD,
+    FLOWER_KEYS,
+    KEY_OF_FIELD,
+    Cover,
+    FlowerKey,
+)
 from backends.flower.rules import (
     ETH_FOR_FAMILY,
     ETH_P_8021AD,
@@ -53,15 +60,7 @@ from backends.flower.rules import (
 )
 from backends.nic_profile import NicProfile, load_profile
 from ir.algebra import Cube
-from ir.fields import (
-    FAMILY_IPV4,
-    FAMILY_IPV6,
-    HEADER_SPACE,
-    PORT_PROTOCOLS,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
-)
+from ir.fields import FAMILY_IPV4, FAMILY_IPV6, HEADER_SPACE, field_exists
 from ir.model import Policy, Rule
 from ir.valueset import ValueSet
 
@@ -76,22 +75,21 @@ TRAPPED = "trapped"
 SLOW = "slow"
 PLACEMENTS = (HARDWARE, TRAPPED, SLOW)
 
-# The profile's key group for each constrained IR field.
+# The profile's key group for each IR field a flower key carries, in header order.
 _FIELD_KIND = {
-    "vlan_id": "vlan_id",
-    "dscp": "ip_tos",
-    "ip_proto": "ip_proto",
-    "ip4_src": "ipv4",
-    "ip4_dst": "ipv4",
-    "ip6_src": "ipv6",
-    "ip6_dst": "ipv6",
-    "sport": "ports",
-    "dport": "ports",
-    "tcp_flags": "tcp_flags",
-    "icmp_type": "icmp",
-    "icmp_code": "icmp",
+    f.name: CAPABILITY_OF_FIELD[f.name]
+    for f in HEADER_SPACE.fields
+    if f.name in CAPABILITY_OF_FIELD
 }
-_DEPENDENTS = ("sport", "dport", "tcp_flags", "icmp_type", "icmp_code")
+# Fields that exist only with some IP protocols: a filter keys them per protocol.
+_DEPENDENTS = tuple(
+    f.name
+    for f in HEADER_SPACE.fields
+    if f.name in CAPABILITY_OF_FIELD
+    and any(root == "ip_proto" for alternative in f.prerequisite for root, _ in alternative)
+)
+# The keys expand() covers per (family, protocol) slice, in FlowerMatch order.
+_PIECE_KEYS = tuple(k for k in FLOWER_KEYS if k.cover not in (Cover.SPLIT, Cover.NONE))
 
 
 class FlowerLoweringError(ValueError):
@@ -292,17 +290,6 @@ def _get(c: Cube, name: str) -> ValueSet:
     return c.sets[HEADER_SPACE.position(name)]
 
 
-def _exists(name: str, family: int, proto: int | None) -> bool:
-    """Whether the dependent field ``name`` is present in packets of (family, proto)."""
-    if proto is None:
-        return False
-    if name in ("sport", "dport"):
-        return proto in PORT_PROTOCOLS
-    if name == "tcp_flags":
-        return proto == PROTO_TCP
-    return (family, proto) in ((FAMILY_IPV4, PROTO_ICMP), (FAMILY_IPV6, PROTO_ICMPV6))
-
-
 def _ternaries(values: ValueSet) -> list[Masked]:
     return [Masked(v, m) for v, m in values.ternary_cover()]
 
@@ -422,41 +409,43 @@ def _field_pieces(
     """Per flower key, the alternatives (key values) for one (family, proto) slice
     of the cube; None when the slice is empty. Keys with one wildcard are left out."""
     pieces: dict[str, list[object]] = {}
-    for name in _DEPENDENTS:
-        values = _get(c, name)
+    for dependent in _DEPENDENTS:
+        values = _get(c, dependent)
         if values.is_full():
             continue
-        if not _exists(name, family, proto):
+        if not field_exists(dependent, family, proto):
             # The field is absent here and so reads 0.
             if 0 not in values:
                 return None
             continue
-    dscp = _get(c, "dscp")
-    if not dscp.is_full():
-        pieces["ip_tos"] = [Masked(m.value << 2, m.mask << 2) for m in _ternaries(dscp)]
-    cover: Callable[[ValueSet], list[Masked]] = (
-        _prefixes if profile.address_masks == "prefix" else _ternaries
-    )
-    names = ("ip4_src", "ip4_dst") if family == FAMILY_IPV4 else ("ip6_src", "ip6_dst")
-    for key, name in zip(("src_ip", "dst_ip"), names, strict=True):
+    for flower_key in _PIECE_KEYS:
+        name = flower_key.field_for(family)
+        assert name is not None
         values = _get(c, name)
-        if not values.is_full():
-            pieces[key] = list(cover(values))
-    for key, name in (("src_port", "sport"), ("dst_port", "dport")):
-        values = _get(c, name)
-        if not values.is_full() and _exists(name, family, proto):
-            pieces[key] = list(_port_pieces(values, profile.port_ranges))
-    flags = _get(c, "tcp_flags")
-    if not flags.is_full() and _exists("tcp_flags", family, proto):
-        pieces["tcp_flags"] = list(_ternaries(flags))
-    for key in ("icmp_type", "icmp_code"):
-        values = _get(c, key)
-        if not values.is_full() and _exists(key, family, proto):
-            # Flower takes ICMP masks, but iproute2's tc text does not: exact values.
-            pieces[key] = [
-                Masked(v, 0xFF) for lo, hi in values.intervals for v in range(lo, hi + 1)
-            ]
+        if not values.is_full() and field_exists(name, family, proto):
+            pieces[flower_key.name] = _key_cover(flower_key, family, values, profile)
     return pieces
+
+
+def _key_cover(
+    flower_key: FlowerKey, family: int, values: ValueSet, profile: NicProfile
+) -> list[object]:
+    """Keys of ``flower_key`` whose union is exactly ``values`` of its IR field."""
+    cover = flower_key.cover
+    if cover == Cover.TERNARY:
+        shift = flower_key.ir_shift
+        return [Masked(m.value << shift, m.mask << shift) for m in _ternaries(values)]
+    if cover == Cover.ADDRESS:
+        by_masks: Callable[[ValueSet], list[Masked]] = (
+            _prefixes if profile.address_masks == "prefix" else _ternaries
+        )
+        return list(by_masks(values))
+    if cover == Cover.PORT:
+        return list(_port_pieces(values, profile.port_ranges))
+    if cover == Cover.VALUES:
+        full = flower_key.family_variant(family).full_mask
+        return [Masked(v, full) for lo, hi in values.intervals for v in range(lo, hi + 1)]
+    raise FlowerLoweringError(f"flower key {flower_key.name}: no cover for {cover}")
 
 
 def trap_cube(c: Cube, profile: NicProfile) -> Cube:
@@ -478,11 +467,12 @@ def trap_cube(c: Cube, profile: NicProfile) -> Cube:
         if not profile.allows_field(kind):
             full(name)
             continue
-        if name in ("vlan_id", "ip_proto", "icmp_type", "icmp_code"):
+        cover = KEY_OF_FIELD[name].cover
+        if cover in (Cover.SPLIT, Cover.VALUES):
             if values.size() != 1:
                 full(name)
             continue
-        if name in ("ip4_src", "ip4_dst", "ip6_src", "ip6_dst"):
+        if cover == Cover.ADDRESS:
             # The covering prefix: a wide non-prefix ternary would fragment.
             lo, hi = values.hull()
             common = HEADER_SPACE.field(name).width - (lo ^ hi).bit_length()

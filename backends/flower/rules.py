@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+from backends.flower.keys import FLOWER_KEYS, FlowerKey, Matching
 from backends.targets import ETH_P_8021AD, ETH_P_8021Q, ETH_P_ALL, ETH_P_IP, ETH_P_IPV6
 from ir.algebra import Cube, full_cube
 from ir.fields import FAMILY_IPV4, FAMILY_IPV6, HEADER_SPACE
@@ -139,17 +140,10 @@ class PortRange:
 PortKey = Masked | PortRange
 
 # FlowerMatch keys flower compares exactly, and those that are value/mask or ranges.
-EXACT_KEYS = ("vlan_id", "vlan_ethtype", "ip_proto")
-MASKED_KEYS = (
-    "ip_tos",
-    "src_ip",
-    "dst_ip",
-    "src_port",
-    "dst_port",
-    "tcp_flags",
-    "icmp_type",
-    "icmp_code",
-)
+EXACT_KEYS = tuple(k.name for k in FLOWER_KEYS if k.matching == Matching.EXACT)
+MASKED_KEYS = tuple(k.name for k in FLOWER_KEYS if k.matching != Matching.EXACT)
+# The keys the frame logic does not read: IR fields, each through its registry entry.
+_FIELD_KEYS = tuple(k for k in FLOWER_KEYS if not k.tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +192,9 @@ class FlowerMatch:
     def key_items(self) -> list[tuple[str, object]]:
         """``(key name, key)`` for every matched key, in a fixed order."""
         return [
-            (n, getattr(self, n)) for n in EXACT_KEYS + MASKED_KEYS if getattr(self, n) is not None
+            (k.name, getattr(self, k.name))
+            for k in FLOWER_KEYS
+            if getattr(self, k.name) is not None
         ]
 
     def mask_signature(self) -> tuple[object, ...]:
@@ -243,34 +239,21 @@ class FlowerMatch:
             if family is None:
                 return None
             sets["family"] = ValueSet.of_value(8, family)
-        if self.ip_proto is not None:
-            sets["ip_proto"] = ValueSet.of_value(8, self.ip_proto)
-        if self.ip_tos is not None:
-            if self.ip_tos.mask & 0x3:
-                raise FlowerMatchError(
-                    f"ip_tos mask {self.ip_tos.mask:#04x} covers the ECN bits, "
-                    "which a policy cannot match on"
-                )
-            sets["dscp"] = ValueSet.of_ternary(6, self.ip_tos.value >> 2, self.ip_tos.mask >> 2)
-        for side, key in (("src", self.src_ip), ("dst", self.dst_ip)):
+        for flower_key in _FIELD_KEYS:
+            key = getattr(self, flower_key.name)
             if key is None:
                 continue
-            if family is None:
-                raise FlowerMatchError(f"{side}_ip key without an IP protocol")
-            name, width = (f"ip4_{side}", 32) if family == FAMILY_IPV4 else (f"ip6_{side}", 128)
-            sets[name] = _ternary_set(name, width, key)
-        for name, port in (("sport", self.src_port), ("dport", self.dst_port)):
-            if isinstance(port, PortRange):
-                sets[name] = ValueSet.of_range(16, port.lo, port.hi)
-            elif port is not None:
-                sets[name] = _ternary_set(name, 16, port)
-        for name, key in (
-            ("tcp_flags", self.tcp_flags),
-            ("icmp_type", self.icmp_type),
-            ("icmp_code", self.icmp_code),
-        ):
-            if key is not None:
-                sets[name] = _ternary_set(name, 8, key)
+            if flower_key.needs_family and family is None:
+                raise FlowerMatchError(f"{flower_key.name} key without an IP protocol")
+            name = flower_key.field_for(family)
+            assert name is not None
+            width = space.field(name).width
+            if isinstance(key, PortRange):
+                sets[name] = ValueSet.of_range(width, key.lo, key.hi)
+            elif isinstance(key, Masked):
+                sets[name] = _ternary_set(name, width, _shifted(flower_key, key))
+            else:
+                sets[name] = ValueSet.of_value(width, key)
         return Cube(tuple(sets[f.name] for f in space.fields))
 
     def matches(self, packet: Packet) -> bool:
@@ -292,25 +275,34 @@ class FlowerMatch:
                 return False
             if self.vlan_ethtype is not None:
                 return False
-        if self.ip_proto is not None and self.ip_proto != p["ip_proto"]:
-            return False
-        if self.ip_tos is not None and not self.ip_tos.contains(p["dscp"] << 2):
-            return False
-        src, dst = ("ip4_src", "ip4_dst") if p["family"] == FAMILY_IPV4 else ("ip6_src", "ip6_dst")
-        checks: tuple[tuple[Masked | PortRange | None, int], ...] = (
-            (self.src_ip, p[src]),
-            (self.dst_ip, p[dst]),
-            (self.src_port, p["sport"]),
-            (self.dst_port, p["dport"]),
-            (self.tcp_flags, p["tcp_flags"]),
-            (self.icmp_type, p["icmp_type"]),
-            (self.icmp_code, p["icmp_code"]),
-        )
-        return all(key is None or key.contains(value) for key, value in checks)
+        for flower_key in _FIELD_KEYS:
+            key = getattr(self, flower_key.name)
+            if key is None:
+                continue
+            name = flower_key.field_for(p["family"])
+            assert name is not None
+            value = p[name] << flower_key.ir_shift
+            if isinstance(key, Masked | PortRange):
+                if not key.contains(value):
+                    return False
+            elif key != value:
+                return False
+        return True
 
 
 class FlowerMatchError(ValueError):
     """A filter key outside what the IR can express (so no check may guess)."""
+
+
+def _shifted(flower_key: FlowerKey, key: Masked) -> Masked:
+    """The IR field's value/mask inside a key that carries it shifted left."""
+    shift = flower_key.ir_shift
+    if key.mask & ((1 << shift) - 1):
+        raise FlowerMatchError(
+            f"{flower_key.name} mask {key.mask:#04x} covers {flower_key.ir_shift_bits}, "
+            "which a policy cannot match on"
+        )
+    return Masked(key.value >> shift, key.mask >> shift)
 
 
 def _ternary_set(name: str, width: int, key: Masked) -> ValueSet:

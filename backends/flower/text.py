@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from backends.flower.keys import ETH_TYPE_JSON_ORDER, FLOWER_KEYS, FlowerKey, Text
 from backends.flower.rules import (
     ETH_P_8021AD,
     ETH_P_8021Q,
@@ -75,38 +76,45 @@ def _proto_text(proto: int) -> str:
 
 
 def _keys_json(m: FlowerMatch) -> dict[str, Any]:
-    keys: dict[str, Any] = {}
-    if m.vlan_id is not None:
-        keys["vlan_id"] = m.vlan_id
-    if m.vlan_ethtype is not None:
-        keys["vlan_ethtype"] = ETHTYPE_TEXT.get(m.vlan_ethtype, f"{m.vlan_ethtype:04x}")
+    keys: list[tuple[int, str, Any]] = []
     if m.eth_type is not None:
-        keys["eth_type"] = ETHTYPE_TEXT.get(m.eth_type, f"{m.eth_type:04x}")
-    if m.ip_proto is not None:
-        keys["ip_proto"] = _proto_text(m.ip_proto)
-    if m.ip_tos is not None:
-        keys["ip_tos"] = m.ip_tos.value
-        if m.ip_tos.mask != 0xFF:
-            keys["ip_tos_mask"] = f"{m.ip_tos.mask:x}"
-    for name in ("src_ip", "dst_ip"):
-        key = getattr(m, name)
+        keys.append((ETH_TYPE_JSON_ORDER, "eth_type", _ethtype_json(m.eth_type)))
+    for flower_key in FLOWER_KEYS:
+        key = getattr(m, flower_key.name)
         if key is not None:
-            keys[name] = _ip_text(key, m.family)
-    for name in ("dst_port", "src_port"):
-        port = getattr(m, name)
-        if isinstance(port, PortRange):
-            keys[name] = {"start": port.lo, "end": port.hi}
-        elif port is not None:
-            keys[name] = port.value
-            if port.mask != 0xFFFF:
-                keys[f"{name}_mask"] = f"{port.mask:x}"
-    if m.tcp_flags is not None:
-        keys["tcp_flags"] = f"{m.tcp_flags.value:#x}/{m.tcp_flags.mask:x}"
-    for name in ("icmp_type", "icmp_code"):
-        key = getattr(m, name)
-        if key is not None:
-            keys[name] = str(key.value) if key.mask == 0xFF else f"{key.value}/{key.mask:x}"
-    return keys
+            order = flower_key.tc_json_order
+            keys += [(order, name, value) for name, value in _key_json(flower_key, key, m.family)]
+    return {name: value for _order, name, value in sorted(keys, key=lambda k: k[0])}
+
+
+def _ethtype_json(ethtype: int) -> str:
+    return ETHTYPE_TEXT.get(ethtype, f"{ethtype:04x}")
+
+
+def _key_json(flower_key: FlowerKey, key: Any, family: int | None) -> list[tuple[str, Any]]:
+    """The ``(name, value)`` pairs tc -j prints for one key."""
+    name = flower_key.tc_json
+    full = flower_key.family_variant(family).full_mask
+    style = flower_key.text
+    if style == Text.NUMBER:
+        return [(name, key)]
+    if style == Text.ETHERTYPE:
+        return [(name, _ethtype_json(key))]
+    if style == Text.PROTOCOL:
+        return [(name, _proto_text(key))]
+    if style == Text.ADDRESS:
+        return [(name, _ip_text(key, family))]
+    if style == Text.HEX_SLASH_MASK:
+        return [(name, f"{key.value:#x}/{key.mask:x}")]
+    if style == Text.NUMBER_SLASH_MASK:
+        return [(name, str(key.value) if key.mask == full else f"{key.value}/{key.mask:x}")]
+    if isinstance(key, PortRange):
+        return [(name, {"start": key.lo, "end": key.hi})]
+    # VALUE_AND_MASK_KEY, and a value/mask PORT: the mask printed apart, when partial.
+    pairs: list[tuple[str, Any]] = [(name, key.value)]
+    if key.mask != full:
+        pairs.append((f"{name}_mask", f"{key.mask:x}"))
+    return pairs
 
 
 def _action_json(a: FlowerAction, cookie: Cookie | None) -> dict[str, Any]:
@@ -192,34 +200,9 @@ def _masked_text(text: Any, width_mask: int) -> Masked:
 def _match_from_json(protocol_text: str, keys: dict[str, Any]) -> FlowerMatch:
     protocol = _ethtype(protocol_text)
     kw: dict[str, Any] = {}
-    if "vlan_id" in keys:
-        kw["vlan_id"] = _int(keys["vlan_id"])
-    if "vlan_ethtype" in keys:
-        kw["vlan_ethtype"] = _ethtype(keys["vlan_ethtype"])
-    if "ip_proto" in keys:
-        text = str(keys["ip_proto"]).lower()
-        kw["ip_proto"] = PROTOCOL_NAMES[text] if text in PROTOCOL_NAMES else _int(text, 16)
-    if "ip_tos" in keys:
-        mask = int(str(keys.get("ip_tos_mask", "ff")), 16)
-        kw["ip_tos"] = Masked(_int(keys["ip_tos"]) & mask, mask)
-    for name in ("src_ip", "dst_ip"):
-        if name in keys:
-            kw[name], _family = _ip_key(keys[name])
-    for name in ("src_port", "dst_port"):
-        if name not in keys:
-            continue
-        value = keys[name]
-        if isinstance(value, dict):
-            kw[name] = PortRange(_int(value["start"]), _int(value["end"]))
-        else:
-            mask = int(str(keys.get(f"{name}_mask", "ffff")), 16)
-            kw[name] = Masked(_int(value) & mask, mask)
-    if "tcp_flags" in keys:
-        flags = _masked_text(keys["tcp_flags"], 0xFFF)
-        kw["tcp_flags"] = flags
-    for name in ("icmp_type", "icmp_code"):
-        if name in keys:
-            kw[name] = _masked_text(keys[name], 0xFF)
+    for flower_key in FLOWER_KEYS:
+        if flower_key.tc_json in keys:
+            kw[flower_key.name] = _key_from_json(flower_key, keys)
     if (
         "eth_type" in keys
         and protocol not in (ETH_P_8021Q, ETH_P_8021AD, ETH_P_ALL)
@@ -228,29 +211,45 @@ def _match_from_json(protocol_text: str, keys: dict[str, Any]) -> FlowerMatch:
         raise FlowerTextError(
             f"eth_type {keys['eth_type']} disagrees with protocol {protocol_text}"
         )
-    known = {
-        "vlan_id",
-        "vlan_ethtype",
-        "eth_type",
-        "ip_proto",
-        "ip_tos",
-        "ip_tos_mask",
-        "src_ip",
-        "dst_ip",
-        "src_port",
-        "dst_port",
-        "src_port_mask",
-        "dst_port_mask",
-        "tcp_flags",
-        "icmp_type",
-        "icmp_code",
-    }
-    unknown = sorted(set(keys) - known)
+    unknown = sorted(set(keys) - _KNOWN_JSON_KEYS)
     if unknown:
         # A key flowc does not model would make the filter narrower than read;
         # refusing is the only answer that cannot claim a wrong verdict.
         raise FlowerTextError(f"flower key(s) flowc does not model: {', '.join(unknown)}")
     return FlowerMatch(protocol, **kw)
+
+
+def _key_from_json(flower_key: FlowerKey, keys: dict[str, Any]) -> Any:
+    """One key's value from tc -j's ``keys`` object (its entry is there)."""
+    name = flower_key.tc_json
+    text = keys[name]
+    # The family is not known yet; every key but the address has one width.
+    full = flower_key.variants[-1].full_mask
+    style = flower_key.text
+    if style == Text.NUMBER:
+        return _int(text)
+    if style == Text.ETHERTYPE:
+        return _ethtype(text)
+    if style == Text.PROTOCOL:
+        proto = str(text).lower()
+        return PROTOCOL_NAMES[proto] if proto in PROTOCOL_NAMES else _int(proto, 16)
+    if style == Text.ADDRESS:
+        return _ip_key(text)[0]
+    if style in (Text.HEX_SLASH_MASK, Text.NUMBER_SLASH_MASK):
+        return _masked_text(text, full)
+    if style == Text.PORT and isinstance(text, dict):
+        return PortRange(_int(text["start"]), _int(text["end"]))
+    mask = int(str(keys.get(f"{name}_mask", f"{full:x}")), 16)
+    return Masked(_int(text) & mask, mask)
+
+
+# Every key tc -j may print that flowc reads; any other narrows the filter.
+_KNOWN_JSON_KEYS = {"eth_type"} | {
+    name
+    for k in FLOWER_KEYS
+    for name in (k.tc_json, f"{k.tc_json}_mask")
+    if name == k.tc_json or k.text in (Text.VALUE_AND_MASK_KEY, Text.PORT)
+}
 
 
 def _action_from_json(actions: Sequence[dict[str, Any]]) -> tuple[FlowerAction, Cookie | None]:
@@ -328,36 +327,35 @@ def parse_tc_json(data: Any) -> list[FlowerFilter]:
 # ------------------------------------------------------------------ tc -batch
 def _match_words(m: FlowerMatch) -> list[str]:
     words: list[str] = []
-    if m.vlan_id is not None:
-        words += ["vlan_id", str(m.vlan_id)]
-    if m.vlan_ethtype is not None:
-        words += ["vlan_ethtype", PROTOCOL_TEXT.get(m.vlan_ethtype, f"{m.vlan_ethtype:#06x}")]
-    if m.ip_proto is not None:
-        name = PROTOCOL_BY_NUMBER.get(m.ip_proto)
-        # tc reads a numeric ip_proto as hex.
-        words += ["ip_proto", name if name else f"{m.ip_proto:#x}"]
-    if m.ip_tos is not None:
-        words += ["ip_tos", f"{m.ip_tos.value:#x}/{m.ip_tos.mask:#x}"]
-    for name in ("src_ip", "dst_ip"):
-        key = getattr(m, name)
+    for flower_key in FLOWER_KEYS:
+        key = getattr(m, flower_key.name)
         if key is not None:
-            words += [name, _ip_text(key, m.family)]
-    for name in ("src_port", "dst_port"):
-        port = getattr(m, name)
-        if isinstance(port, PortRange):
-            words += [name, f"{port.lo}-{port.hi}"]
-        elif port is not None:
-            words += [
-                name,
-                str(port.value) if port.mask == 0xFFFF else f"{port.value}/{port.mask:#x}",
-            ]
-    if m.tcp_flags is not None:
-        words += ["tcp_flags", f"{m.tcp_flags.value:#x}/{m.tcp_flags.mask:#x}"]
-    if m.icmp_type is not None:
-        words += ["type", str(m.icmp_type.value)]
-    if m.icmp_code is not None:
-        words += ["code", str(m.icmp_code.value)]
+            words += [flower_key.tc_batch, _key_word(flower_key, key, m.family)]
     return words
+
+
+def _key_word(flower_key: FlowerKey, key: Any, family: int | None) -> str:
+    """How ``tc filter add ... flower`` takes one key's value."""
+    style = flower_key.text
+    if style == Text.NUMBER:
+        return str(key)
+    if style == Text.ETHERTYPE:
+        return PROTOCOL_TEXT.get(key, f"{key:#06x}")
+    if style == Text.PROTOCOL:
+        name = PROTOCOL_BY_NUMBER.get(key)
+        # tc reads a numeric ip_proto as hex.
+        return name if name else f"{key:#x}"
+    if style == Text.ADDRESS:
+        return _ip_text(key, family)
+    if style == Text.NUMBER_SLASH_MASK:
+        # tc's text takes no mask here; the lowering writes exact values only.
+        return str(key.value)
+    if style == Text.PORT:
+        if isinstance(key, PortRange):
+            return f"{key.lo}-{key.hi}"
+        full = flower_key.family_variant(family).full_mask
+        return str(key.value) if key.mask == full else f"{key.value}/{key.mask:#x}"
+    return f"{key.value:#x}/{key.mask:#x}"
 
 
 def _action_words(a: FlowerAction) -> list[str]:
