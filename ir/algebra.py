@@ -23,7 +23,7 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ir.fields import Space
@@ -170,6 +170,11 @@ def subtract(space: Space, a: Cube, b: Cube) -> list[Cube]:
                 pieces.append(piece)
         current[i] = sa & sb
     return pieces
+
+
+def region_is_empty(space: Space, region: Iterable[Cube]) -> bool:
+    """True when no cube of the region holds a packet."""
+    return not any(is_feasible(space, c) for c in region)
 
 
 def first_containing(cubes: Sequence[Cube], point: Point) -> int | None:
