@@ -39,6 +39,7 @@ class BpfTarget:
 
     Attributes:
         name: the ``--mode`` that selects it.
+        description: what the attach point is, for the generated C's comments.
         section: the ELF section / program type bcc loads the entry function as.
         context: the C type of the entry function's argument.
         allow, drop, redirect: the verdict codes the program returns.
@@ -46,6 +47,7 @@ class BpfTarget:
     """
 
     name: str
+    description: str
     section: str
     context: str
     allow: int
@@ -55,12 +57,26 @@ class BpfTarget:
 
 
 TC = BpfTarget(
-    "tc", "classifier", "struct __sk_buff", TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT, chains=True
+    "tc",
+    "tc (cls_bpf in direct-action mode on a clsact qdisc)",
+    "classifier",
+    "struct __sk_buff",
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    TC_ACT_REDIRECT,
+    chains=True,
 )
 """cls_bpf in direct-action mode on a clsact qdisc."""
 
 TCX = BpfTarget(
-    "tcx", "classifier", "struct __sk_buff", TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT, chains=False
+    "tcx",
+    "tcx (a bpf link on the device, Linux 6.6+)",
+    "classifier",
+    "struct __sk_buff",
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    TC_ACT_REDIRECT,
+    chains=False,
 )
 """A tcx bpf link (Linux 6.6+): tc's verdicts, no qdisc and no chains."""
 

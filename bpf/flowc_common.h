@@ -1,18 +1,15 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* flowc BPF runtime: the structs shared by the slow path and user space.
+/* flowc BPF runtime: the structs and constants shared by the slow path and
+ * user space.
  *
  * These layouts are an ABI between the generated program and flowc's loader
- * and agent (runtime/bpf_abi.py mirrors them with ctypes): fields are listed
- * with explicit padding, and nothing may be reordered without changing both.
+ * and agent (backends/bpf/abi.py mirrors them with ctypes, and
+ * tests/kernel/test_bpf_abi.py compares the two): fields are listed with
+ * explicit padding, and nothing may be reordered without changing both.
  */
 #pragma once
 
 #include <linux/types.h>
-
-/* Verdicts returned to tc (same values as TC_ACT_* in linux/pkt_cls.h). */
-#define FLOWC_TC_ACT_OK       0
-#define FLOWC_TC_ACT_SHOT     2
-#define FLOWC_TC_ACT_REDIRECT 7
 
 /* Action kinds in the action table (ir/model.py ACTION_KINDS order). */
 #define FLOWC_ACTION_ALLOW    0
@@ -38,8 +35,10 @@
 #define FLOWC_STATUS_COUNT       5
 
 /* An entry of an IPv4 DIR-16-8-8 level with this bit set names a chunk of the
- * next level instead of a class (backends/bpf_tables.py, dir_levels). */
+ * next level instead of a class (backends/bpf/tables.py, dir_levels). */
 #define FLOWC_DIR_CHUNK 0x80000000U
+/* Entries of a DIR-16-8-8 table's first level (per bank): the top 16 bits. */
+#define FLOWC_DIR_L1 65536
 
 /* Config flags. */
 #define FLOWC_CONFIG_F_EVENTS  1 /* emit miss events for the agent */
@@ -75,7 +74,7 @@ struct flowc_action {
 	__u32 flags;   /* FLOWC_ACTION_F_* */
 };
 
-/* Per-rule counters (per CPU). */
+/* Per-rule counters (per CPU). 24 bytes. */
 struct flowc_rule_stats {
 	__u64 packets;
 	__u64 bytes;
@@ -105,15 +104,14 @@ struct flowc_event {
 	__u64 ts_ns;
 };
 
-/* LPM trie keys (prefix length first, as the kernel requires). */
-struct flowc_lpm4_key {
-	__u32 prefixlen;
-	__u8  addr[4];
-};
-
-/* The bank byte comes first, so prefix length 8 + n matches bank + /n. */
+/* An IPv6 LPM trie key (prefix length first, as the kernel requires). The bank
+ * byte comes first, so prefix length 8 + n matches bank + /n. 24 bytes: 3 of
+ * tail padding, never compared (no prefix is longer than FLOWC_LPM6_FULL). */
 struct flowc_lpm6_key {
 	__u32 prefixlen;
 	__u8  bank;
 	__u8  addr[16];
 };
+
+/* The prefix length of a lookup of a whole address: the bank byte, 128 bits. */
+#define FLOWC_LPM6_FULL (8 + 128)

@@ -134,14 +134,15 @@ class SlowPath:
         self.bpf, error, log = _capturing(lambda: BPF(text=program.source.encode(), cflags=cflags))
         if error is not None:
             raise BpfLoadError("compile", str(error), _tail(log))
+        prog_type = {"classifier": BPF.SCHED_CLS}[program.target.section]
         self.fn, error, log = _capturing(
-            lambda: self.bpf.load_func(ENTRY_FUNCTION.encode(), BPF.SCHED_CLS)
+            lambda: self.bpf.load_func(ENTRY_FUNCTION.encode(), prog_type)
         )
         if error is not None:
             self.bpf.cleanup()
             raise BpfLoadError("verifier", str(error), _tail(log), _dsl_line(log))
         try:
-            self.fill(program.policy, generation=generation, events=events, dedup_ns=dedup_ns)
+            self.fill(generation=generation, events=events, dedup_ns=dedup_ns)
         except Exception:
             self.close()
             raise
@@ -157,8 +158,8 @@ class SlowPath:
         return self.bpf[name.encode()]
 
     # ------------------------------------------------------------ filling
-    def fill(self, policy: Policy, *, generation: int, events: bool, dedup_ns: int) -> None:
-        """Write the policy's tables and actions into bank 0 and make it live."""
+    def fill(self, *, generation: int, events: bool, dedup_ns: int) -> None:
+        """Write the program's policy (tables and actions) into bank 0 and make it live."""
         self.bank = 0
         self.generation, self.events, self.dedup_ns = generation, events, dedup_ns
         self._fill_bank(self.program, 0)
@@ -174,7 +175,12 @@ class SlowPath:
             ShapeChanged: the policy needs other fields or larger maps; load a new
                 program and replace the attached one instead.
         """
-        program = lower(policy, self.program.strategy, capacities=self.program.capacities)
+        program = lower(
+            policy,
+            self.program.strategy,
+            capacities=self.program.capacities,
+            target=self.program.target,
+        )
         idle = 1 - self.bank
         self._fill_bank(program, idle)
         self.program = program
@@ -182,7 +188,7 @@ class SlowPath:
         self._advance_epoch()
         self.generation = generation
         self.set_config(generation=generation, events=self.events, dedup_ns=self.dedup_ns)
-        self.table("flowc_rule_stats").clear()
+        self.table(bpf_abi.RULE_STATS_MAP).clear()
 
     def _advance_epoch(self) -> None:
         """The next epoch whose low bit is the live bank (wraps at 32 bits)."""
@@ -203,13 +209,13 @@ class SlowPath:
         config = bpf_abi.Config(
             generation=generation, flags=flags, dedup_ns=dedup_ns, bank=self.epoch
         )
-        self.table("flowc_config")[ct.c_uint32(0)] = config
+        self.table(bpf_abi.CONFIG_MAP)[ct.c_uint32(0)] = config
 
     def _fill_bank(self, program: BpfProgram, bank: int) -> None:
         policy = program.policy
         if program.tables is not None:
             self._fill_tables(program, bank)
-        actions = self.table("flowc_actions")
+        actions = self.table(bpf_abi.ACTIONS_MAP)
         base = bank * program.capacities.n_rules
         for rule in policy.rules:
             entry = bpf_abi.ActionEntry(kind=bpf_abi.ACTION_CODES[rule.action.kind])
@@ -242,32 +248,32 @@ class SlowPath:
                 level1, level2, level3 = dir_levels(field_table)
                 l2_cap, l3_cap = dir_cap[name]
                 for level, entries, size in (
-                    (1, level1, 65536),
+                    (1, level1, bpf_abi.DIR_L1_ENTRIES),
                     (2, level2, l2_cap),
                     (3, level3, l3_cap),
                 ):
                     if entries:
-                        table = self.table(f"flowc_l{level}_{name}")
+                        table = self.table(bpf_abi.dir_map(level, name))
                         _update_u32_array(table, entries, offset=bank * size)
             elif field_table.kind == LPM6:
-                cls_map = self.table(f"flowc_cls_{name}")
+                cls_map = self.table(bpf_abi.class_map(name))
                 stale = [key for key in cls_map if key.bank == bank]
                 for key in stale:
                     del cls_map[key]
                 for value, plen, cls in field_table.lpm_entries():
                     key = cls_map.Key()
-                    key.prefixlen = 8 + plen
+                    key.prefixlen = bpf_abi.LPM6_BANK_BITS + plen
                     key.bank = bank
                     for i, byte in enumerate(value.to_bytes(16, "big")):
                         key.addr[i] = byte
                     cls_map[key] = ct.c_uint32(cls)
             else:
-                size = 1 << field_table.width
+                size = bpf_abi.array_entries(field_table.width)
                 values = [0] * size
                 for lo, hi, cls in field_table.intervals:
                     values[lo : hi + 1] = [cls] * (hi - lo + 1)
-                _update_u32_array(self.table(f"flowc_cls_{name}"), values, offset=bank * size)
-            bv_map = self.table(f"flowc_bv_{name}")
+                _update_u32_array(self.table(bpf_abi.class_map(name)), values, offset=bank * size)
+            bv_map = self.table(bpf_abi.bitvec_map(name))
             n = len(field_table.classes)
             base = bank * class_cap[name]
             keys = (ct.c_uint32 * n)(*range(base, base + n))
@@ -284,7 +290,7 @@ class SlowPath:
     def rule_stats(self) -> list[tuple[int, int, int]]:
         """(packets, bytes, last hit as CLOCK_MONOTONIC ns or 0) per rule id, summed
         over CPUs (the program stamps jiffies; this converts them)."""
-        stats = self.table("flowc_rule_stats")
+        stats = self.table(bpf_abi.RULE_STATS_MAP)
         clock = JiffiesClock.read(kernel_hz())
         out = []
         for rule in range(len(self.program.policy.rules)):
@@ -301,7 +307,7 @@ class SlowPath:
 
     def status(self) -> dict[str, int]:
         """The status counters (non-IP, malformed, events sent/lost, ...)."""
-        table = self.table("flowc_status")
+        table = self.table(bpf_abi.STATUS_MAP)
         return {
             name: int(sum(table[ct.c_uint32(i)])) for i, name in enumerate(bpf_abi.STATUS_NAMES)
         }
@@ -312,7 +318,7 @@ class SlowPath:
         def on_event(_ctx: Any, data: Any, _size: int) -> None:
             callback(ct.cast(data, ct.POINTER(bpf_abi.Event)).contents)
 
-        self.table("flowc_events").open_ring_buffer(on_event)
+        self.table(bpf_abi.EVENTS_MAP).open_ring_buffer(on_event)
 
     def poll_events(self, timeout_ms: int = 100) -> None:
         """Wait up to ``timeout_ms`` for events and deliver them."""

@@ -39,6 +39,7 @@ def test_generated_c_golden_with_memo(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_memo_is_compiled_in_by_rule_capacity() -> None:
     small = uplink()
     assert not lower(small).capacities.memo
+    assert "#define FLOWC_MEMO 0" in lower(small).source
     assert not lower(small, "chain", memo=True).capacities.memo
     text = (
         "policy p ingress on eth0 {\n default drop\n"
@@ -51,6 +52,7 @@ def test_memo_is_compiled_in_by_rule_capacity() -> None:
     assert result.program is not None
     big = lower(result.program.policies[0])
     assert big.capacities.memo and "flowc_memo.lookup" in big.source
+    assert "#define FLOWC_MEMO 1" in big.source
 
 
 @pytest.mark.parametrize("strategy", ["bitvec", "chain"])

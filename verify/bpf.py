@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from backends.bpf.emit import lower
-from backends.targets import TC_ACT_NAMES, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT
+from backends.targets import TC, TC_ACT_NAMES, BpfTarget
 from ir.algebra import witness
 from ir.analysis import region_witnesses
 from ir.fields import HEADER_SPACE
@@ -26,13 +26,16 @@ from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Policy, Rule
 from ir.packet import Packet, point_problems
 from verify.frames import frame
 
-RETVAL = {
-    ALLOW: TC_ACT_OK,
-    DROP: TC_ACT_SHOT,
-    REDIRECT: TC_ACT_REDIRECT,
-    MIRROR: TC_ACT_OK,
-    MARK: TC_ACT_OK,
-}
+
+def retval(kind: str, target: BpfTarget = TC) -> int:
+    """The verdict the program returns for an action kind on ``target``."""
+    return {
+        ALLOW: target.allow,
+        DROP: target.drop,
+        REDIRECT: target.redirect,
+        MIRROR: target.allow,
+        MARK: target.allow,
+    }[kind]
 
 
 class BpfCheckUnavailable(RuntimeError):
@@ -76,11 +79,11 @@ class BpfCheck:
         return self.counterexample is None
 
 
-def expected(policy: Policy, packet: Packet) -> tuple[int, int, int]:
-    """(tc verdict, rule id, mark) the IR says the program must produce."""
+def expected(policy: Policy, packet: Packet, target: BpfTarget = TC) -> tuple[int, int, int]:
+    """(verdict, rule id, mark) the IR says the program must produce on ``target``."""
     verdict = evaluate(policy, packet)
     mark = verdict.action.mark if verdict.action.kind == MARK else 0
-    return RETVAL[verdict.action.kind], verdict.rule.priority, mark or 0
+    return retval(verdict.action.kind, target), verdict.rule.priority, mark or 0
 
 
 def on_the_wire(packet: Packet) -> bool:
@@ -156,7 +159,7 @@ def check_bpf(
                 continue
             count += 1
             got = test_run(slow_path.fd, frame(packet))
-            want = expected(policy, packet)
+            want = expected(policy, packet, slow_path.program.target)
             if (got.retval, got.rule, got.mark) != want:
                 rule = evaluate(policy, packet).rule
                 return BpfCheck(

@@ -1,7 +1,11 @@
-"""ctypes mirrors of the structs in bpf/flowc_common.h (the BPF <-> user space ABI).
+"""The BPF <-> user space ABI, Python side: map names and sizes, codes and flags,
+and ctypes mirrors of the structs in bpf/flowc_common.h.
 
-Sizes are asserted at import, so a change on one side that the other misses
-fails loudly instead of misreading maps.
+The emitter spells every map it declares with these names and sizes, and the
+loader finds and fills the maps by the same names, so the two cannot drift
+apart. Against the C header, tests/kernel/test_bpf_abi.py compiles a program
+with bcc against ``bpf/`` that reports ``sizeof``/``offsetof`` of every mirrored
+struct and the value of every constant here, and compares.
 """
 
 from __future__ import annotations
@@ -13,12 +17,51 @@ from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT
 from ir.packet import Packet
 
 ACTION_CODES = {ALLOW: 0, DROP: 1, REDIRECT: 2, MIRROR: 3, MARK: 4}
+"""FLOWC_ACTION_*: the kind of an action table entry."""
 ACTION_F_PEER = 1
+"""FLOWC_ACTION_F_PEER: redirect with bpf_redirect_peer."""
 CONFIG_F_EVENTS = 1
+"""FLOWC_CONFIG_F_EVENTS: emit miss events."""
 CONFIG_F_NO_MEMO = 2
-
+"""FLOWC_CONFIG_F_NO_MEMO: walk the bit vectors even when the memo is compiled in."""
 
 STATUS_NAMES = ("not_ip", "malformed", "no_rule", "events_lost", "events_sent")
+"""The status counters by index (FLOWC_STATUS_*; FLOWC_STATUS_COUNT of them)."""
+
+BANKS = 2
+"""FLOWC_BANKS: every policy map holds this many copies (bank * size + index)."""
+DIR_L1_ENTRIES = 1 << 16
+"""FLOWC_DIR_L1: entries of an IPv4 DIR-16-8-8 table's first level, per bank."""
+LPM6_BANK_BITS = 8
+"""The bank byte in front of an IPv6 LPM key's address: a prefix of n bits is
+stored with prefix length LPM6_BANK_BITS + n; FLOWC_LPM6_FULL looks up all 128."""
+
+# Maps every program has (bpf/flowc_maps.h).
+ACTIONS_MAP = "flowc_actions"
+RULE_STATS_MAP = "flowc_rule_stats"
+STATUS_MAP = "flowc_status"
+CONFIG_MAP = "flowc_config"
+EVENTS_MAP = "flowc_events"
+
+
+def class_map(field: str) -> str:
+    """The map from a field's value to its class (array, or IPv6 LPM trie)."""
+    return f"flowc_cls_{field}"
+
+
+def dir_map(level: int, field: str) -> str:
+    """Level 1, 2 or 3 of an IPv4 field's DIR-16-8-8 class table."""
+    return f"flowc_l{level}_{field}"
+
+
+def bitvec_map(field: str) -> str:
+    """The map from a field's class to its rule bit vector."""
+    return f"flowc_bv_{field}"
+
+
+def array_entries(width: int) -> int:
+    """Entries per bank of the class array of a field ``width`` bits wide."""
+    return 1 << width
 
 
 class FlowKey(ct.Structure):
@@ -88,12 +131,6 @@ class ActionEntry(ct.Structure):
     )
 
 
-class RuleStats(ct.Structure):
-    """struct flowc_rule_stats."""
-
-    _fields_ = (("packets", ct.c_uint64), ("bytes", ct.c_uint64), ("last_jiffies", ct.c_uint64))
-
-
 class Config(ct.Structure):
     """struct flowc_config."""
 
@@ -117,19 +154,12 @@ class Event(ct.Structure):
     )
 
 
-class Lpm4Key(ct.Structure):
-    """struct flowc_lpm4_key."""
-
-    _fields_ = (("prefixlen", ct.c_uint32), ("addr", ct.c_uint8 * 4))
-
-
-class Lpm6Key(ct.Structure):
-    """struct flowc_lpm6_key."""
-
-    _fields_ = (("prefixlen", ct.c_uint32), ("bank", ct.c_uint8), ("addr", ct.c_uint8 * 16))
-
-
-assert ct.sizeof(FlowKey) == 56
-assert ct.sizeof(ActionEntry) == 16
-assert ct.sizeof(Event) == 72
-assert ct.sizeof(Config) == 24
+MIRRORS: dict[str, type[ct.Structure]] = {
+    "flowc_key": FlowKey,
+    "flowc_action": ActionEntry,
+    "flowc_config": Config,
+    "flowc_event": Event,
+}
+"""C struct name -> its mirror: every struct user space reads or writes through
+ctypes (bit vectors, LPM keys and rule counters go through the types bcc derives
+from the C itself)."""

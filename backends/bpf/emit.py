@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends.bpf import abi
 from backends.bpf.tables import (
     ARRAY,
     DIR4,
@@ -27,6 +28,7 @@ from backends.bpf.tables import (
     build_tables,
     dir_levels,
 )
+from backends.targets import TC, TC_ACT_NAMES, BpfTarget
 from ir.fields import HEADER_SPACE, RENDER_IP4, RENDER_IP6
 from ir.model import Policy, Rule
 from ir.valueset import ValueSet
@@ -81,6 +83,7 @@ class BpfProgram:
         source: the C text (compile with ``-I bpf/``).
         tables: what the bitvec maps hold (None for chain).
         capacities: the map sizes compiled in.
+        target: the attach point it is generated for (entry signature, verdicts).
     """
 
     policy: Policy
@@ -88,6 +91,7 @@ class BpfProgram:
     source: str
     tables: ClassifierTables | None
     capacities: Capacities
+    target: BpfTarget = TC
 
 
 def _inlined(header: str) -> list[str]:
@@ -103,6 +107,19 @@ def _inlined(header: str) -> list[str]:
         if line.strip() != "#pragma once" and not line.startswith("#include")
     ]
     return [f"/* ---- from bpf/{header} ---- */", *body, f"/* ---- end of bpf/{header} ---- */"]
+
+
+def _verdicts(target: BpfTarget) -> list[str]:
+    """The attach point's verdict codes, as bpf/flowc_entry.h returns them."""
+    codes = (("ALLOW", target.allow), ("DROP", target.drop), ("REDIRECT", target.redirect))
+    return [
+        "",
+        f"/* Verdicts of the attach point: {target.description}. */",
+        *(
+            f"#define FLOWC_VERDICT_{what} {code} /* {TC_ACT_NAMES.get(code, code)} */"
+            for what, code in codes
+        ),
+    ]
 
 
 def _pow2(n: int, minimum: int) -> int:
@@ -192,6 +209,7 @@ def lower(
     *,
     capacities: Capacities | None = None,
     memo: bool | None = None,
+    target: BpfTarget = TC,
 ) -> BpfProgram:
     """Generate the slow-path C for ``policy`` with the given classification strategy.
 
@@ -199,7 +217,8 @@ def lower(
     with exactly those map sizes, so its maps can be refilled in place; raises
     :class:`ShapeChanged` when the policy does not fit them. ``memo`` compiles
     the bitvec classifier's class-tuple memo in or out (default: in from
-    ``MEMO_MIN_WORDS`` words of rule capacity up).
+    ``MEMO_MIN_WORDS`` words of rule capacity up). ``target`` gives the entry
+    function's context type and the verdict codes.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}")
@@ -217,16 +236,7 @@ def lower(
     lines += [
         "",
         f"#define FLOWC_N_RULES {caps.n_rules} /* capacity; the policy has {len(policy.rules)} */",
-        f"#define FLOWC_N_WORDS {caps.n_words}",
-        f"#define FLOWC_N_SUMMARY {caps.n_summary}",
-        f"#define FLOWC_MEMO_BITS {MEMO_BITS} /* {'in use' if caps.memo else 'unused'} */",
-        "",
-        '#include "flowc_common.h"',
-        '#include "flowc_parse.h"',
-        '#include "flowc_bitvec.h"',
-        "",
-        *_inlined("flowc_maps.h"),
-        "",
+        *_verdicts(target),
     ]
     if tables is not None:
         lines += _bitvec_classifier(policy, tables, caps)
@@ -236,85 +246,42 @@ def lower(
         "",
         *_inlined("flowc_entry.h"),
         "",
-        f"/* Entry point: tc (cls_bpf, direct action) or tcx, {policy.hook.direction} on "
+        f"/* Entry point: {target.description}, {policy.hook.direction} on "
         f"{policy.hook.device}. */",
-        f"int {ENTRY_FUNCTION}(struct __sk_buff *skb)",
+        f"int {ENTRY_FUNCTION}({target.context} *skb)",
         "{",
         "\treturn flowc_run(skb);",
         "}",
         "",
     ]
-    return BpfProgram(policy, strategy, "\n".join(lines), tables, caps)
+    return BpfProgram(policy, strategy, "\n".join(lines), tables, caps, target)
 
 
 # ------------------------------------------------------------------ bitvec
-def _field_lines(policy: Policy, name: str) -> str:
-    lines = sorted(
-        {r.origin.line for r in policy.rules for f, _ in r.match.constraints if f == name}
-    )
-    shown = ", ".join(str(n) for n in lines[:12]) + (", ..." if len(lines) > 12 else "")
-    return f"line{'s' if len(lines) != 1 else ''} {shown}"
-
-
 def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacities) -> list[str]:
-    classes = dict(caps.classes)
-    lpm = dict(caps.lpm_entries)
-    direct = {name: (l2, l3) for name, l2, l3 in caps.dir_entries}
-    out: list[str] = []
-    for t in tables.fields:
-        fld = HEADER_SPACE.field(t.field)
-        out.append(
-            f"/* {t.field}: {fld.doc}. {len(t.classes)} classes; "
-            f"constrained at {_field_lines(policy, t.field)}. */"
-        )
-        if t.kind == DIR4:
-            l2, l3 = direct[t.field]
-            out += [
-                f"#define FLOWC_L2_{t.field} {l2}",
-                f"#define FLOWC_L3_{t.field} {l3}",
-                f"BPF_ARRAY(flowc_l1_{t.field}, __u32, FLOWC_BANKS * 65536);",
-                f"BPF_ARRAY(flowc_l2_{t.field}, __u32, FLOWC_BANKS * FLOWC_L2_{t.field});",
-                f"BPF_ARRAY(flowc_l3_{t.field}, __u32, FLOWC_BANKS * FLOWC_L3_{t.field});",
-            ]
-        elif t.kind == LPM6:
-            out.append(
-                f"BPF_LPM_TRIE(flowc_cls_{t.field}, struct flowc_lpm6_key, __u32, "
-                f"FLOWC_BANKS * {lpm[t.field]});"
-            )
-        else:
-            out.append(f"BPF_ARRAY(flowc_cls_{t.field}, __u32, FLOWC_BANKS * {1 << fld.width});")
-        out += [
-            f"#define FLOWC_CLASSES_{t.field} {classes[t.field]}",
-            f"BPF_ARRAY(flowc_bv_{t.field}, struct flowc_bitvec, "
-            f"FLOWC_BANKS * FLOWC_CLASSES_{t.field});",
-        ]
-    names = [t.field for t in tables.fields]
-    out += [
+    """Per-policy data and glue around bpf/flowc_bitvec.h and bpf/flowc_memo.h:
+    the field list, table sizes, each field's maps and class lookup, and
+    ``flowc_classify`` calling them in order."""
+    memo_note = (
+        "compiled in" if caps.memo else f"compiled out (in from {MEMO_MIN_WORDS * 64} rules)"
+    )
+    out = [
+        f"#define FLOWC_N_WORDS {caps.n_words}",
+        f"#define FLOWC_N_SUMMARY {caps.n_summary}",
+        f"#define FLOWC_N_FIELDS {len(tables.fields)}",
+        f"#define FLOWC_MEMO {int(caps.memo)} /* class-tuple memo {memo_note} */",
+        f"#define FLOWC_MEMO_BITS {MEMO_BITS}",
         "",
-        "/* The packet's class in every used field; with the memo compiled in, also the",
-        " * memo's key. */",
-        "struct flowc_class_tuple {",
-        "\t__u32 epoch;",
-        f"\t__u32 cls[{max(1, len(names))}];",
-        "};",
+        '#include "flowc_common.h"',
+        '#include "flowc_parse.h"',
+        '#include "flowc_bitvec.h"',
+        "",
+        *_inlined("flowc_maps.h"),
+        "",
+        *_inlined("flowc_memo.h"),
     ]
-    if caps.memo:
-        out += [
-            "",
-            "/* The classification memo: the rule is a function of the packet's class in",
-            " * every field, so a walk's result is kept per class tuple (an on-demand",
-            " * cross-product, as in RFC, built only for the tuples traffic reaches).",
-            " * Direct-mapped and per CPU: one inlined array read and a compare, where a",
-            " * hash map's lookup measured ~45 ns, and no other CPU writes the entry a",
-            " * packet reads. The epoch is the config's bank word, which the loader",
-            " * advances on every refill, so a tuple decided by an older fill never",
-            " * answers for a newer one. */",
-            "struct flowc_memo_entry {",
-            "\tstruct flowc_class_tuple tuple;",
-            "\t__u32 rule_plus_one; /* 0: empty slot */",
-            "};",
-            "BPF_PERCPU_ARRAY(flowc_memo, struct flowc_memo_entry, 1 << FLOWC_MEMO_BITS);",
-        ]
+    for t in tables.fields:
+        out += ["", *_field_lines(policy, t, caps)]
     out += [
         "",
         "/* The first rule whose bit is set in every used field's vector, reading the",
@@ -326,161 +293,155 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
     if not tables.fields:
         out += ["\treturn 0; /* no field is constrained: only the default */", "}"]
         return out
-    if any(t.kind == DIR4 for t in tables.fields):
-        out.append("\t__u32 addr, entry, *slot;")
-    if any(t.kind == LPM6 for t in tables.fields):
-        out.append("\tstruct flowc_lpm6_key lpm6;")
     out += [
         "\tstruct flowc_class_tuple tuple = { .epoch = cfg->bank };",
+        "\tconst struct flowc_bitvec *v[FLOWC_N_FIELDS];",
+        "\tstruct flowc_memo_entry *memo;",
         "\t__u32 bank = cfg->bank & 1;",
-        "\t__u32 idx, rule, *cls;",
-        "\tconst struct flowc_bitvec " + ", ".join(f"*v_{n}" for n in names) + ";",
+        "\t__u32 idx;",
+        "\t__s32 rule;",
+        "",
     ]
-    if caps.memo:
+    calls = [
+        f"flowc_class_{t.field}(k, bank, &tuple.cls[{slot}])"
+        for slot, t in enumerate(tables.fields)
+    ]
+    out += [
+        "\tif (" + " ||\n\t    ".join(calls) + ")",
+        "\t\treturn -1;",
+        "\tmemo = flowc_memo_slot(&tuple, cfg);",
+        "\tif (memo && flowc_memo_holds(memo, &tuple))",
+        "\t\treturn memo->rule_plus_one - 1;",
+        "",
+        "\t/* Each class's rules, the most selective field (most classes) first. */",
+    ]
+    slot_of = {t.field: slot for slot, t in enumerate(tables.fields)}
+    by_selectivity = sorted(tables.fields, key=lambda t: -len(t.classes))
+    for i, t in enumerate(by_selectivity):
         out += [
-            "\tint use_memo = !(cfg->flags & FLOWC_CONFIG_F_NO_MEMO);",
-            "\tstruct flowc_memo_entry *memo = 0;",
-            "\t__u64 hash = tuple.epoch;",
-            "\t__u32 memo_slot;",
-        ]
-    out.append("")
-    for slot, t in enumerate(tables.fields):
-        out += _class_lines(t, f"tuple.cls[{slot}]")
-    if caps.memo:
-        mix = [
-            f"\t\thash = (hash ^ tuple.cls[{i}]) * 0x9e3779b97f4a7c15ULL;"
-            for i in range(len(names))
-        ]
-        same = " &&\n\t\t    ".join(
-            ["memo->rule_plus_one", "memo->tuple.epoch == tuple.epoch"]
-            + [f"memo->tuple.cls[{i}] == tuple.cls[{i}]" for i in range(len(names))]
-        )
-        out += [
-            "\tif (use_memo) {",
-            "\t\t/* Fibonacci hashing of the tuple: its top bits pick the slot. */",
-            *mix,
-            "\t\tmemo_slot = hash >> (64 - FLOWC_MEMO_BITS);",
-            "\t\tmemo = flowc_memo.lookup(&memo_slot);",
-            f"\t\tif (memo && {same})",
-            "\t\t\treturn memo->rule_plus_one - 1;",
-            "\t}",
-        ]
-    out.append("")
-    for slot, t in enumerate(tables.fields):
-        out += [
-            f"\tidx = bank * FLOWC_CLASSES_{t.field} + tuple.cls[{slot}];",
-            f"\tv_{t.field} = flowc_bv_{t.field}.lookup(&idx);",
-            f"\tif (!v_{t.field})",
+            f"\tidx = bank * FLOWC_CLASSES_{t.field} + tuple.cls[{slot_of[t.field]}];",
+            f"\tv[{i}] = {abi.bitvec_map(t.field)}.lookup(&idx);",
+            f"\tif (!v[{i}])",
             "\t\treturn -1;",
         ]
-    summary_and = " & ".join(f"v_{n}->summary[s]" for n in names)
-    # Most summary hits are false (each field has some rule in the word, but not
-    # the same one), so test the words of the fields with the most classes (the
-    # most selective) first and stop at the first zero.
-    by_selectivity = sorted(tables.fields, key=lambda t: -len(t.classes))
-    first, *rest = (t.field for t in by_selectivity)
-    word_lines = [f"\t\t\tword = v_{first}->words[w];"]
-    word_lines += [f"\t\t\tif (word)\n\t\t\t\tword &= v_{n}->words[w];" for n in rest]
     out += [
-        "",
-        "\tfor (__u32 s = 0; s < FLOWC_N_SUMMARY; s++) {",
-        f"\t\t__u64 summary = {summary_and};",
-        "",
-        "\t\tfor (__u32 i = 0; i < 64 && summary; i++) {",
-        "\t\t\t__u64 w = s * 64 + flowc_ctz64(summary);",
-        "\t\t\t__u64 word;",
-        "",
-        "\t\t\t/* Keep w in one register for the check and the index below, so the",
-        "\t\t\t * verifier sees the bound the check establishes. */",
-        '\t\t\tasm volatile("" : "+r"(w));',
-        "\t\t\tif (w >= FLOWC_N_WORDS)",
-        "\t\t\t\tbreak;",
-        *word_lines,
-        "\t\t\tif (word) {",
-        "\t\t\t\trule = w * 64 + flowc_ctz64(word);",
-        *(
-            [
-                "\t\t\t\tif (memo) {",
-                "\t\t\t\t\tmemo->tuple = tuple;",
-                "\t\t\t\t\tmemo->rule_plus_one = rule + 1;",
-                "\t\t\t\t}",
-            ]
-            if caps.memo
-            else []
-        ),
-        "\t\t\t\treturn rule;",
-        "\t\t\t}",
-        "\t\t\tsummary &= summary - 1;",
-        "\t\t}",
-        "\t}",
-        "\treturn -1;",
+        "\trule = flowc_bitvec_first(v);",
+        "\tflowc_memo_store(memo, &tuple, rule);",
+        "\treturn rule;",
         "}",
     ]
     return out
 
 
-def _class_lines(t: FieldTable, target: str) -> list[str]:
-    """C that stores the packet's class in field ``t.field`` into ``target``."""
+def _constrained_at(policy: Policy, name: str) -> str:
+    lines = sorted(
+        {r.origin.line for r in policy.rules for f, _ in r.match.constraints if f == name}
+    )
+    shown = ", ".join(str(n) for n in lines[:12]) + (", ..." if len(lines) > 12 else "")
+    return f"line{'s' if len(lines) != 1 else ''} {shown}"
+
+
+def _field_lines(policy: Policy, t: FieldTable, caps: Capacities) -> list[str]:
+    """One field's maps and ``flowc_class_<field>()``: the packet's class in it
+    (0 and success, -1 when a table entry is missing)."""
     name = t.field
+    fld = HEADER_SPACE.field(name)
+    out = [
+        f"/* {name}: {fld.doc}. {len(t.classes)} classes; "
+        f"constrained at {_constrained_at(policy, name)}. */",
+        f"#define FLOWC_CLASSES_{name} {dict(caps.classes)[name]}",
+        f"BPF_ARRAY({abi.bitvec_map(name)}, struct flowc_bitvec, "
+        f"FLOWC_BANKS * FLOWC_CLASSES_{name});",
+    ]
+    head = [
+        f"static __always_inline int flowc_class_{name}(const struct flowc_key *k, __u32 bank, "
+        "__u32 *cls)",
+        "{",
+    ]
     # A packet of the other family carries 0 in an address field, and the class
     # of 0 is always class 0 (classes are numbered from the low end of the value
     # space), so the address lookup only runs when the field exists.
     if t.kind == DIR4:
+        l2, l3 = {n: (a, b) for n, a, b in caps.dir_entries}[name]
         return [
-            f"\t{target} = 0; /* class of an absent {name} */",
-            "\tif (k->family == 4) {",
-            f"\t\taddr = bpf_ntohl(k->{name});",
-            "\t\tidx = bank * 65536 + (addr >> 16);",
-            f"\t\tslot = flowc_l1_{name}.lookup(&idx);",
-            "\t\tif (!slot)",
-            "\t\t\treturn -1;",
-            "\t\tentry = *slot;",
-            "\t\tif (entry & FLOWC_DIR_CHUNK) {",
-            f"\t\t\tidx = bank * FLOWC_L2_{name} +",
-            "\t\t\t      (((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff));",
-            f"\t\t\tslot = flowc_l2_{name}.lookup(&idx);",
-            "\t\t\tif (!slot)",
-            "\t\t\t\treturn -1;",
-            "\t\t\tentry = *slot;",
-            "\t\t\tif (entry & FLOWC_DIR_CHUNK) {",
-            f"\t\t\t\tidx = bank * FLOWC_L3_{name} +",
-            "\t\t\t\t      (((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff));",
-            f"\t\t\t\tslot = flowc_l3_{name}.lookup(&idx);",
-            "\t\t\t\tif (!slot)",
-            "\t\t\t\t\treturn -1;",
-            "\t\t\t\tentry = *slot;",
-            "\t\t\t}",
-            "\t\t}",
-            f"\t\t{target} = entry;",
+            *out,
+            f"#define FLOWC_L2_{name} {l2}",
+            f"#define FLOWC_L3_{name} {l3}",
+            f"BPF_ARRAY({abi.dir_map(1, name)}, __u32, FLOWC_BANKS * FLOWC_DIR_L1);",
+            f"BPF_ARRAY({abi.dir_map(2, name)}, __u32, FLOWC_BANKS * FLOWC_L2_{name});",
+            f"BPF_ARRAY({abi.dir_map(3, name)}, __u32, FLOWC_BANKS * FLOWC_L3_{name});",
+            "",
+            *head,
+            f"\t__u32 addr = bpf_ntohl(k->{name});",
+            "\t__u32 idx = bank * FLOWC_DIR_L1 + (addr >> 16);",
+            "\t__u32 *entry;",
+            "",
+            f"\t*cls = 0; /* class of an absent {name} */",
+            "\tif (k->family != 4)",
+            "\t\treturn 0;",
+            f"\tentry = {abi.dir_map(1, name)}.lookup(&idx);",
+            "\tif (entry && (*entry & FLOWC_DIR_CHUNK)) {",
+            f"\t\tidx = flowc_dir_next(bank, FLOWC_L2_{name}, *entry, addr >> 8);",
+            f"\t\tentry = {abi.dir_map(2, name)}.lookup(&idx);",
             "\t}",
+            "\tif (entry && (*entry & FLOWC_DIR_CHUNK)) {",
+            f"\t\tidx = flowc_dir_next(bank, FLOWC_L3_{name}, *entry, addr);",
+            f"\t\tentry = {abi.dir_map(3, name)}.lookup(&idx);",
+            "\t}",
+            "\tif (!entry)",
+            "\t\treturn -1;",
+            "\t*cls = *entry;",
+            "\treturn 0;",
+            "}",
         ]
     if t.kind == LPM6:
         return [
-            f"\t{target} = 0; /* class of an absent {name} */",
-            "\tif (k->family == 6) {",
-            "\t\tlpm6.prefixlen = 136;",
-            "\t\tlpm6.bank = bank;",
-            f"\t\t__builtin_memcpy(lpm6.addr, k->{name}, 16);",
-            f"\t\tcls = flowc_cls_{name}.lookup(&lpm6);",
-            "\t\tif (!cls)",
-            "\t\t\treturn -1;",
-            f"\t\t{target} = *cls;",
-            "\t}",
+            *out,
+            f"BPF_LPM_TRIE({abi.class_map(name)}, struct flowc_lpm6_key, __u32, "
+            f"FLOWC_BANKS * {dict(caps.lpm_entries)[name]});",
+            "",
+            *head,
+            "\tstruct flowc_lpm6_key key = { .prefixlen = FLOWC_LPM6_FULL, .bank = bank };",
+            "\t__u32 *found;",
+            "",
+            f"\t*cls = 0; /* class of an absent {name} */",
+            "\tif (k->family != 6)",
+            "\t\treturn 0;",
+            f"\t__builtin_memcpy(key.addr, k->{name}, 16);",
+            f"\tfound = {abi.class_map(name)}.lookup(&key);",
+            "\tif (!found)",
+            "\t\treturn -1;",
+            "\t*cls = *found;",
+            "\treturn 0;",
+            "}",
         ]
     assert t.kind == ARRAY
+    size = abi.array_entries(fld.width)
     return [
-        f"\tidx = bank * {1 << HEADER_SPACE.field(name).width} + k->{name};",
-        f"\tcls = flowc_cls_{name}.lookup(&idx);",
-        "\tif (!cls)",
+        *out,
+        f"BPF_ARRAY({abi.class_map(name)}, __u32, FLOWC_BANKS * {size});",
+        "",
+        *head,
+        f"\t__u32 idx = bank * {size} + k->{name};",
+        f"\t__u32 *found = {abi.class_map(name)}.lookup(&idx);",
+        "",
+        "\tif (!found)",
         "\t\treturn -1;",
-        f"\t{target} = *cls;",
+        "\t*cls = *found;",
+        "\treturn 0;",
+        "}",
     ]
 
 
 # ------------------------------------------------------------------- chain
 def _chain_classifier(policy: Policy) -> list[str]:
     out = [
+        "",
+        '#include "flowc_common.h"',
+        '#include "flowc_parse.h"',
         '#include "flowc_chain.h"',
+        "",
+        *_inlined("flowc_maps.h"),
         "",
         "/* First match, in priority order: one test per rule (the config is unused:",
         " * a chain program is replaced, never refilled). */",

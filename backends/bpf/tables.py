@@ -13,7 +13,7 @@ stretches. On wildcard-heavy sets most 64-rule words ahead of the match have
 some matching rule in every field, so the walk still grows with the match's
 position (measured: 77 ns at 1,000 rules, 180 ns at 10,000, against 58 ns at
 10), and large programs put a memo in front of it
-(``backends/bpf_c.py``): the result is a function of the packet's class tuple,
+(``bpf/flowc_memo.h``): the result is a function of the packet's class tuple,
 which a per-CPU direct-mapped table remembers, and a repeated tuple costs the
 field lookups plus one array read (50 ns at 10,000 rules).
 

@@ -14,9 +14,16 @@
 //      default: examples/uplink.fw:10  default drop  => drop
 
 #define FLOWC_N_RULES 64 /* capacity; the policy has 7 */
+
+/* Verdicts of the attach point: tc (cls_bpf in direct-action mode on a clsact qdisc). */
+#define FLOWC_VERDICT_ALLOW 0 /* TC_ACT_OK */
+#define FLOWC_VERDICT_DROP 2 /* TC_ACT_SHOT */
+#define FLOWC_VERDICT_REDIRECT 7 /* TC_ACT_REDIRECT */
 #define FLOWC_N_WORDS 1
 #define FLOWC_N_SUMMARY 1
-#define FLOWC_MEMO_BITS 13 /* in use */
+#define FLOWC_N_FIELDS 7
+#define FLOWC_MEMO 1 /* class-tuple memo compiled in */
+#define FLOWC_MEMO_BITS 13
 
 #include "flowc_common.h"
 #include "flowc_parse.h"
@@ -48,263 +55,306 @@ BPF_PERCPU_ARRAY(flowc_scratch, struct flowc_key, 1);
 BPF_TABLE("lru_hash", struct flowc_key, __u64, flowc_reported, 65536);
 /* ---- end of bpf/flowc_maps.h ---- */
 
-/* family: IP version of the packet: 4 or 6 (flower eth_type 0x0800 / 0x86DD). 3 classes; constrained at lines 11, 12, 13, 14, 15. */
-BPF_ARRAY(flowc_cls_family, __u32, FLOWC_BANKS * 256);
-#define FLOWC_CLASSES_family 16
-BPF_ARRAY(flowc_bv_family, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_family);
-/* ip_proto: IPv4 protocol / IPv6 next header of the transport. 4 classes; constrained at lines 11, 12, 13, 14, 15. */
-BPF_ARRAY(flowc_cls_ip_proto, __u32, FLOWC_BANKS * 256);
-#define FLOWC_CLASSES_ip_proto 16
-BPF_ARRAY(flowc_bv_ip_proto, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip_proto);
-/* ip4_src: IPv4 source address. 3 classes; constrained at lines 12, 13. */
-#define FLOWC_L2_ip4_src 256
-#define FLOWC_L3_ip4_src 256
-BPF_ARRAY(flowc_l1_ip4_src, __u32, FLOWC_BANKS * 65536);
-BPF_ARRAY(flowc_l2_ip4_src, __u32, FLOWC_BANKS * FLOWC_L2_ip4_src);
-BPF_ARRAY(flowc_l3_ip4_src, __u32, FLOWC_BANKS * FLOWC_L3_ip4_src);
-#define FLOWC_CLASSES_ip4_src 16
-BPF_ARRAY(flowc_bv_ip4_src, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip4_src);
-/* ip4_dst: IPv4 destination address. 4 classes; constrained at lines 12, 13, 14, 15. */
-#define FLOWC_L2_ip4_dst 256
-#define FLOWC_L3_ip4_dst 1024
-BPF_ARRAY(flowc_l1_ip4_dst, __u32, FLOWC_BANKS * 65536);
-BPF_ARRAY(flowc_l2_ip4_dst, __u32, FLOWC_BANKS * FLOWC_L2_ip4_dst);
-BPF_ARRAY(flowc_l3_ip4_dst, __u32, FLOWC_BANKS * FLOWC_L3_ip4_dst);
-#define FLOWC_CLASSES_ip4_dst 16
-BPF_ARRAY(flowc_bv_ip4_dst, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip4_dst);
-/* ip6_src: IPv6 source address. 2 classes; constrained at line 13. */
-BPF_LPM_TRIE(flowc_cls_ip6_src, struct flowc_lpm6_key, __u32, FLOWC_BANKS * 256);
-#define FLOWC_CLASSES_ip6_src 16
-BPF_ARRAY(flowc_bv_ip6_src, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip6_src);
-/* ip6_dst: IPv6 destination address. 2 classes; constrained at line 13. */
-BPF_LPM_TRIE(flowc_cls_ip6_dst, struct flowc_lpm6_key, __u32, FLOWC_BANKS * 256);
-#define FLOWC_CLASSES_ip6_dst 16
-BPF_ARRAY(flowc_bv_ip6_dst, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip6_dst);
-/* dport: TCP/UDP/SCTP destination port. 4 classes; constrained at lines 13, 14, 15. */
-BPF_ARRAY(flowc_cls_dport, __u32, FLOWC_BANKS * 65536);
-#define FLOWC_CLASSES_dport 16
-BPF_ARRAY(flowc_bv_dport, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_dport);
+/* ---- from bpf/flowc_memo.h ---- */
+/* SPDX-License-Identifier: GPL-2.0 */
+/* flowc BPF runtime: the class-tuple memo in front of the bit-vector walk.
+ *
+ * The rule is a function of the packet's class in every field, so a walk's
+ * result is kept per class tuple (an on-demand cross-product, as in RFC, built
+ * only for the tuples traffic reaches). Direct-mapped and per CPU: one inlined
+ * array read and a compare, where a hash map's lookup measured ~45 ns, and no
+ * other CPU writes the entry a packet reads. The epoch is the config's bank
+ * word, which the loader advances on every refill, so a tuple decided by an
+ * older fill never answers for a newer one.
+ *
+ * Include after flowc_bitvec.h and after defining FLOWC_MEMO (1: compiled in,
+ * 0: out; the generator decides by rule capacity) and FLOWC_MEMO_BITS (log2 of
+ * the slots). At run time FLOWC_CONFIG_F_NO_MEMO switches a compiled-in memo
+ * off. Pasted into the generated program, since it uses a map.
+ */
 
-/* The packet's class in every used field; with the memo compiled in, also the
- * memo's key. */
-struct flowc_class_tuple {
-	__u32 epoch;
-	__u32 cls[7];
-};
 
-/* The classification memo: the rule is a function of the packet's class in
- * every field, so a walk's result is kept per class tuple (an on-demand
- * cross-product, as in RFC, built only for the tuples traffic reaches).
- * Direct-mapped and per CPU: one inlined array read and a compare, where a
- * hash map's lookup measured ~45 ns, and no other CPU writes the entry a
- * packet reads. The epoch is the config's bank word, which the loader
- * advances on every refill, so a tuple decided by an older fill never
- * answers for a newer one. */
+#if !defined(FLOWC_MEMO) || !defined(FLOWC_MEMO_BITS)
+#error "define FLOWC_MEMO and FLOWC_MEMO_BITS before including flowc_memo.h"
+#endif
+
+/* One memo slot. 8 + 4 * FLOWC_N_FIELDS bytes, no padding. */
 struct flowc_memo_entry {
 	struct flowc_class_tuple tuple;
 	__u32 rule_plus_one; /* 0: empty slot */
 };
-BPF_PERCPU_ARRAY(flowc_memo, struct flowc_memo_entry, 1 << FLOWC_MEMO_BITS);
+
+/* slot -> the last class tuple that hashed there and its rule (one slot when
+ * the memo is compiled out) */
+BPF_PERCPU_ARRAY(flowc_memo, struct flowc_memo_entry, FLOWC_MEMO ? 1 << FLOWC_MEMO_BITS : 1);
+
+/* The tuple's slot, or 0 when the memo is compiled out or switched off. */
+static __always_inline struct flowc_memo_entry *
+flowc_memo_slot(const struct flowc_class_tuple *t, const struct flowc_config *cfg)
+{
+	__u64 hash = t->epoch;
+	__u32 slot;
+
+	if (!FLOWC_MEMO || (cfg->flags & FLOWC_CONFIG_F_NO_MEMO))
+		return 0;
+	/* Fibonacci hashing of the tuple: its top bits pick the slot. */
+#pragma unroll
+	for (int f = 0; f < FLOWC_N_FIELDS; f++)
+		hash = (hash ^ t->cls[f]) * 0x9e3779b97f4a7c15ULL;
+	slot = hash >> (64 - FLOWC_MEMO_BITS);
+	return flowc_memo.lookup(&slot);
+}
+
+/* True when the slot holds this very tuple (so its rule decides). */
+static __always_inline int flowc_memo_holds(const struct flowc_memo_entry *m,
+					    const struct flowc_class_tuple *t)
+{
+	if (!m->rule_plus_one || m->tuple.epoch != t->epoch)
+		return 0;
+#pragma unroll
+	for (int f = 0; f < FLOWC_N_FIELDS; f++)
+		if (m->tuple.cls[f] != t->cls[f])
+			return 0;
+	return 1;
+}
+
+/* Remember the walk's answer for the tuple (nothing when there is no slot or
+ * no answer). */
+static __always_inline void flowc_memo_store(struct flowc_memo_entry *m,
+					     const struct flowc_class_tuple *t, __s32 rule)
+{
+	if (!m || rule < 0)
+		return;
+	m->tuple = *t;
+	m->rule_plus_one = rule + 1;
+}
+/* ---- end of bpf/flowc_memo.h ---- */
+
+/* family: IP version of the packet: 4 or 6 (flower eth_type 0x0800 / 0x86DD). 3 classes; constrained at lines 11, 12, 13, 14, 15. */
+#define FLOWC_CLASSES_family 16
+BPF_ARRAY(flowc_bv_family, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_family);
+BPF_ARRAY(flowc_cls_family, __u32, FLOWC_BANKS * 256);
+
+static __always_inline int flowc_class_family(const struct flowc_key *k, __u32 bank, __u32 *cls)
+{
+	__u32 idx = bank * 256 + k->family;
+	__u32 *found = flowc_cls_family.lookup(&idx);
+
+	if (!found)
+		return -1;
+	*cls = *found;
+	return 0;
+}
+
+/* ip_proto: IPv4 protocol / IPv6 next header of the transport. 4 classes; constrained at lines 11, 12, 13, 14, 15. */
+#define FLOWC_CLASSES_ip_proto 16
+BPF_ARRAY(flowc_bv_ip_proto, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip_proto);
+BPF_ARRAY(flowc_cls_ip_proto, __u32, FLOWC_BANKS * 256);
+
+static __always_inline int flowc_class_ip_proto(const struct flowc_key *k, __u32 bank, __u32 *cls)
+{
+	__u32 idx = bank * 256 + k->ip_proto;
+	__u32 *found = flowc_cls_ip_proto.lookup(&idx);
+
+	if (!found)
+		return -1;
+	*cls = *found;
+	return 0;
+}
+
+/* ip4_src: IPv4 source address. 3 classes; constrained at lines 12, 13. */
+#define FLOWC_CLASSES_ip4_src 16
+BPF_ARRAY(flowc_bv_ip4_src, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip4_src);
+#define FLOWC_L2_ip4_src 256
+#define FLOWC_L3_ip4_src 256
+BPF_ARRAY(flowc_l1_ip4_src, __u32, FLOWC_BANKS * FLOWC_DIR_L1);
+BPF_ARRAY(flowc_l2_ip4_src, __u32, FLOWC_BANKS * FLOWC_L2_ip4_src);
+BPF_ARRAY(flowc_l3_ip4_src, __u32, FLOWC_BANKS * FLOWC_L3_ip4_src);
+
+static __always_inline int flowc_class_ip4_src(const struct flowc_key *k, __u32 bank, __u32 *cls)
+{
+	__u32 addr = bpf_ntohl(k->ip4_src);
+	__u32 idx = bank * FLOWC_DIR_L1 + (addr >> 16);
+	__u32 *entry;
+
+	*cls = 0; /* class of an absent ip4_src */
+	if (k->family != 4)
+		return 0;
+	entry = flowc_l1_ip4_src.lookup(&idx);
+	if (entry && (*entry & FLOWC_DIR_CHUNK)) {
+		idx = flowc_dir_next(bank, FLOWC_L2_ip4_src, *entry, addr >> 8);
+		entry = flowc_l2_ip4_src.lookup(&idx);
+	}
+	if (entry && (*entry & FLOWC_DIR_CHUNK)) {
+		idx = flowc_dir_next(bank, FLOWC_L3_ip4_src, *entry, addr);
+		entry = flowc_l3_ip4_src.lookup(&idx);
+	}
+	if (!entry)
+		return -1;
+	*cls = *entry;
+	return 0;
+}
+
+/* ip4_dst: IPv4 destination address. 4 classes; constrained at lines 12, 13, 14, 15. */
+#define FLOWC_CLASSES_ip4_dst 16
+BPF_ARRAY(flowc_bv_ip4_dst, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip4_dst);
+#define FLOWC_L2_ip4_dst 256
+#define FLOWC_L3_ip4_dst 1024
+BPF_ARRAY(flowc_l1_ip4_dst, __u32, FLOWC_BANKS * FLOWC_DIR_L1);
+BPF_ARRAY(flowc_l2_ip4_dst, __u32, FLOWC_BANKS * FLOWC_L2_ip4_dst);
+BPF_ARRAY(flowc_l3_ip4_dst, __u32, FLOWC_BANKS * FLOWC_L3_ip4_dst);
+
+static __always_inline int flowc_class_ip4_dst(const struct flowc_key *k, __u32 bank, __u32 *cls)
+{
+	__u32 addr = bpf_ntohl(k->ip4_dst);
+	__u32 idx = bank * FLOWC_DIR_L1 + (addr >> 16);
+	__u32 *entry;
+
+	*cls = 0; /* class of an absent ip4_dst */
+	if (k->family != 4)
+		return 0;
+	entry = flowc_l1_ip4_dst.lookup(&idx);
+	if (entry && (*entry & FLOWC_DIR_CHUNK)) {
+		idx = flowc_dir_next(bank, FLOWC_L2_ip4_dst, *entry, addr >> 8);
+		entry = flowc_l2_ip4_dst.lookup(&idx);
+	}
+	if (entry && (*entry & FLOWC_DIR_CHUNK)) {
+		idx = flowc_dir_next(bank, FLOWC_L3_ip4_dst, *entry, addr);
+		entry = flowc_l3_ip4_dst.lookup(&idx);
+	}
+	if (!entry)
+		return -1;
+	*cls = *entry;
+	return 0;
+}
+
+/* ip6_src: IPv6 source address. 2 classes; constrained at line 13. */
+#define FLOWC_CLASSES_ip6_src 16
+BPF_ARRAY(flowc_bv_ip6_src, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip6_src);
+BPF_LPM_TRIE(flowc_cls_ip6_src, struct flowc_lpm6_key, __u32, FLOWC_BANKS * 256);
+
+static __always_inline int flowc_class_ip6_src(const struct flowc_key *k, __u32 bank, __u32 *cls)
+{
+	struct flowc_lpm6_key key = { .prefixlen = FLOWC_LPM6_FULL, .bank = bank };
+	__u32 *found;
+
+	*cls = 0; /* class of an absent ip6_src */
+	if (k->family != 6)
+		return 0;
+	__builtin_memcpy(key.addr, k->ip6_src, 16);
+	found = flowc_cls_ip6_src.lookup(&key);
+	if (!found)
+		return -1;
+	*cls = *found;
+	return 0;
+}
+
+/* ip6_dst: IPv6 destination address. 2 classes; constrained at line 13. */
+#define FLOWC_CLASSES_ip6_dst 16
+BPF_ARRAY(flowc_bv_ip6_dst, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip6_dst);
+BPF_LPM_TRIE(flowc_cls_ip6_dst, struct flowc_lpm6_key, __u32, FLOWC_BANKS * 256);
+
+static __always_inline int flowc_class_ip6_dst(const struct flowc_key *k, __u32 bank, __u32 *cls)
+{
+	struct flowc_lpm6_key key = { .prefixlen = FLOWC_LPM6_FULL, .bank = bank };
+	__u32 *found;
+
+	*cls = 0; /* class of an absent ip6_dst */
+	if (k->family != 6)
+		return 0;
+	__builtin_memcpy(key.addr, k->ip6_dst, 16);
+	found = flowc_cls_ip6_dst.lookup(&key);
+	if (!found)
+		return -1;
+	*cls = *found;
+	return 0;
+}
+
+/* dport: TCP/UDP/SCTP destination port. 4 classes; constrained at lines 13, 14, 15. */
+#define FLOWC_CLASSES_dport 16
+BPF_ARRAY(flowc_bv_dport, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_dport);
+BPF_ARRAY(flowc_cls_dport, __u32, FLOWC_BANKS * 65536);
+
+static __always_inline int flowc_class_dport(const struct flowc_key *k, __u32 bank, __u32 *cls)
+{
+	__u32 idx = bank * 65536 + k->dport;
+	__u32 *found = flowc_cls_dport.lookup(&idx);
+
+	if (!found)
+		return -1;
+	*cls = *found;
+	return 0;
+}
 
 /* The first rule whose bit is set in every used field's vector, reading the
  * maps' live bank; -1 when a table entry is missing (the caller fails closed). */
 static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 					    const struct flowc_config *cfg)
 {
-	__u32 addr, entry, *slot;
-	struct flowc_lpm6_key lpm6;
 	struct flowc_class_tuple tuple = { .epoch = cfg->bank };
+	const struct flowc_bitvec *v[FLOWC_N_FIELDS];
+	struct flowc_memo_entry *memo;
 	__u32 bank = cfg->bank & 1;
-	__u32 idx, rule, *cls;
-	const struct flowc_bitvec *v_family, *v_ip_proto, *v_ip4_src, *v_ip4_dst, *v_ip6_src, *v_ip6_dst, *v_dport;
-	int use_memo = !(cfg->flags & FLOWC_CONFIG_F_NO_MEMO);
-	struct flowc_memo_entry *memo = 0;
-	__u64 hash = tuple.epoch;
-	__u32 memo_slot;
+	__u32 idx;
+	__s32 rule;
 
-	idx = bank * 256 + k->family;
-	cls = flowc_cls_family.lookup(&idx);
-	if (!cls)
+	if (flowc_class_family(k, bank, &tuple.cls[0]) ||
+	    flowc_class_ip_proto(k, bank, &tuple.cls[1]) ||
+	    flowc_class_ip4_src(k, bank, &tuple.cls[2]) ||
+	    flowc_class_ip4_dst(k, bank, &tuple.cls[3]) ||
+	    flowc_class_ip6_src(k, bank, &tuple.cls[4]) ||
+	    flowc_class_ip6_dst(k, bank, &tuple.cls[5]) ||
+	    flowc_class_dport(k, bank, &tuple.cls[6]))
 		return -1;
-	tuple.cls[0] = *cls;
-	idx = bank * 256 + k->ip_proto;
-	cls = flowc_cls_ip_proto.lookup(&idx);
-	if (!cls)
-		return -1;
-	tuple.cls[1] = *cls;
-	tuple.cls[2] = 0; /* class of an absent ip4_src */
-	if (k->family == 4) {
-		addr = bpf_ntohl(k->ip4_src);
-		idx = bank * 65536 + (addr >> 16);
-		slot = flowc_l1_ip4_src.lookup(&idx);
-		if (!slot)
-			return -1;
-		entry = *slot;
-		if (entry & FLOWC_DIR_CHUNK) {
-			idx = bank * FLOWC_L2_ip4_src +
-			      (((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff));
-			slot = flowc_l2_ip4_src.lookup(&idx);
-			if (!slot)
-				return -1;
-			entry = *slot;
-			if (entry & FLOWC_DIR_CHUNK) {
-				idx = bank * FLOWC_L3_ip4_src +
-				      (((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff));
-				slot = flowc_l3_ip4_src.lookup(&idx);
-				if (!slot)
-					return -1;
-				entry = *slot;
-			}
-		}
-		tuple.cls[2] = entry;
-	}
-	tuple.cls[3] = 0; /* class of an absent ip4_dst */
-	if (k->family == 4) {
-		addr = bpf_ntohl(k->ip4_dst);
-		idx = bank * 65536 + (addr >> 16);
-		slot = flowc_l1_ip4_dst.lookup(&idx);
-		if (!slot)
-			return -1;
-		entry = *slot;
-		if (entry & FLOWC_DIR_CHUNK) {
-			idx = bank * FLOWC_L2_ip4_dst +
-			      (((entry & ~FLOWC_DIR_CHUNK) << 8) | ((addr >> 8) & 0xff));
-			slot = flowc_l2_ip4_dst.lookup(&idx);
-			if (!slot)
-				return -1;
-			entry = *slot;
-			if (entry & FLOWC_DIR_CHUNK) {
-				idx = bank * FLOWC_L3_ip4_dst +
-				      (((entry & ~FLOWC_DIR_CHUNK) << 8) | (addr & 0xff));
-				slot = flowc_l3_ip4_dst.lookup(&idx);
-				if (!slot)
-					return -1;
-				entry = *slot;
-			}
-		}
-		tuple.cls[3] = entry;
-	}
-	tuple.cls[4] = 0; /* class of an absent ip6_src */
-	if (k->family == 6) {
-		lpm6.prefixlen = 136;
-		lpm6.bank = bank;
-		__builtin_memcpy(lpm6.addr, k->ip6_src, 16);
-		cls = flowc_cls_ip6_src.lookup(&lpm6);
-		if (!cls)
-			return -1;
-		tuple.cls[4] = *cls;
-	}
-	tuple.cls[5] = 0; /* class of an absent ip6_dst */
-	if (k->family == 6) {
-		lpm6.prefixlen = 136;
-		lpm6.bank = bank;
-		__builtin_memcpy(lpm6.addr, k->ip6_dst, 16);
-		cls = flowc_cls_ip6_dst.lookup(&lpm6);
-		if (!cls)
-			return -1;
-		tuple.cls[5] = *cls;
-	}
-	idx = bank * 65536 + k->dport;
-	cls = flowc_cls_dport.lookup(&idx);
-	if (!cls)
-		return -1;
-	tuple.cls[6] = *cls;
-	if (use_memo) {
-		/* Fibonacci hashing of the tuple: its top bits pick the slot. */
-		hash = (hash ^ tuple.cls[0]) * 0x9e3779b97f4a7c15ULL;
-		hash = (hash ^ tuple.cls[1]) * 0x9e3779b97f4a7c15ULL;
-		hash = (hash ^ tuple.cls[2]) * 0x9e3779b97f4a7c15ULL;
-		hash = (hash ^ tuple.cls[3]) * 0x9e3779b97f4a7c15ULL;
-		hash = (hash ^ tuple.cls[4]) * 0x9e3779b97f4a7c15ULL;
-		hash = (hash ^ tuple.cls[5]) * 0x9e3779b97f4a7c15ULL;
-		hash = (hash ^ tuple.cls[6]) * 0x9e3779b97f4a7c15ULL;
-		memo_slot = hash >> (64 - FLOWC_MEMO_BITS);
-		memo = flowc_memo.lookup(&memo_slot);
-		if (memo && memo->rule_plus_one &&
-		    memo->tuple.epoch == tuple.epoch &&
-		    memo->tuple.cls[0] == tuple.cls[0] &&
-		    memo->tuple.cls[1] == tuple.cls[1] &&
-		    memo->tuple.cls[2] == tuple.cls[2] &&
-		    memo->tuple.cls[3] == tuple.cls[3] &&
-		    memo->tuple.cls[4] == tuple.cls[4] &&
-		    memo->tuple.cls[5] == tuple.cls[5] &&
-		    memo->tuple.cls[6] == tuple.cls[6])
-			return memo->rule_plus_one - 1;
-	}
+	memo = flowc_memo_slot(&tuple, cfg);
+	if (memo && flowc_memo_holds(memo, &tuple))
+		return memo->rule_plus_one - 1;
 
-	idx = bank * FLOWC_CLASSES_family + tuple.cls[0];
-	v_family = flowc_bv_family.lookup(&idx);
-	if (!v_family)
-		return -1;
+	/* Each class's rules, the most selective field (most classes) first. */
 	idx = bank * FLOWC_CLASSES_ip_proto + tuple.cls[1];
-	v_ip_proto = flowc_bv_ip_proto.lookup(&idx);
-	if (!v_ip_proto)
-		return -1;
-	idx = bank * FLOWC_CLASSES_ip4_src + tuple.cls[2];
-	v_ip4_src = flowc_bv_ip4_src.lookup(&idx);
-	if (!v_ip4_src)
+	v[0] = flowc_bv_ip_proto.lookup(&idx);
+	if (!v[0])
 		return -1;
 	idx = bank * FLOWC_CLASSES_ip4_dst + tuple.cls[3];
-	v_ip4_dst = flowc_bv_ip4_dst.lookup(&idx);
-	if (!v_ip4_dst)
-		return -1;
-	idx = bank * FLOWC_CLASSES_ip6_src + tuple.cls[4];
-	v_ip6_src = flowc_bv_ip6_src.lookup(&idx);
-	if (!v_ip6_src)
-		return -1;
-	idx = bank * FLOWC_CLASSES_ip6_dst + tuple.cls[5];
-	v_ip6_dst = flowc_bv_ip6_dst.lookup(&idx);
-	if (!v_ip6_dst)
+	v[1] = flowc_bv_ip4_dst.lookup(&idx);
+	if (!v[1])
 		return -1;
 	idx = bank * FLOWC_CLASSES_dport + tuple.cls[6];
-	v_dport = flowc_bv_dport.lookup(&idx);
-	if (!v_dport)
+	v[2] = flowc_bv_dport.lookup(&idx);
+	if (!v[2])
 		return -1;
-
-	for (__u32 s = 0; s < FLOWC_N_SUMMARY; s++) {
-		__u64 summary = v_family->summary[s] & v_ip_proto->summary[s] & v_ip4_src->summary[s] & v_ip4_dst->summary[s] & v_ip6_src->summary[s] & v_ip6_dst->summary[s] & v_dport->summary[s];
-
-		for (__u32 i = 0; i < 64 && summary; i++) {
-			__u64 w = s * 64 + flowc_ctz64(summary);
-			__u64 word;
-
-			/* Keep w in one register for the check and the index below, so the
-			 * verifier sees the bound the check establishes. */
-			asm volatile("" : "+r"(w));
-			if (w >= FLOWC_N_WORDS)
-				break;
-			word = v_ip_proto->words[w];
-			if (word)
-				word &= v_ip4_dst->words[w];
-			if (word)
-				word &= v_dport->words[w];
-			if (word)
-				word &= v_family->words[w];
-			if (word)
-				word &= v_ip4_src->words[w];
-			if (word)
-				word &= v_ip6_src->words[w];
-			if (word)
-				word &= v_ip6_dst->words[w];
-			if (word) {
-				rule = w * 64 + flowc_ctz64(word);
-				if (memo) {
-					memo->tuple = tuple;
-					memo->rule_plus_one = rule + 1;
-				}
-				return rule;
-			}
-			summary &= summary - 1;
-		}
-	}
-	return -1;
+	idx = bank * FLOWC_CLASSES_family + tuple.cls[0];
+	v[3] = flowc_bv_family.lookup(&idx);
+	if (!v[3])
+		return -1;
+	idx = bank * FLOWC_CLASSES_ip4_src + tuple.cls[2];
+	v[4] = flowc_bv_ip4_src.lookup(&idx);
+	if (!v[4])
+		return -1;
+	idx = bank * FLOWC_CLASSES_ip6_src + tuple.cls[4];
+	v[5] = flowc_bv_ip6_src.lookup(&idx);
+	if (!v[5])
+		return -1;
+	idx = bank * FLOWC_CLASSES_ip6_dst + tuple.cls[5];
+	v[6] = flowc_bv_ip6_dst.lookup(&idx);
+	if (!v[6])
+		return -1;
+	rule = flowc_bitvec_first(v);
+	flowc_memo_store(memo, &tuple, rule);
+	return rule;
 }
 
 /* ---- from bpf/flowc_entry.h ---- */
 /* SPDX-License-Identifier: GPL-2.0 */
 /* flowc BPF runtime: what the tc/tcx entry point does. Include last, after
- * the generated flowc_classify() and the maps it uses. */
+ * the generated flowc_classify() and the maps it uses, and after defining the
+ * attach point's verdicts (backends/targets.py, BpfTarget): FLOWC_VERDICT_ALLOW
+ * (hand the packet on) and FLOWC_VERDICT_DROP. */
 
+
+#if !defined(FLOWC_VERDICT_ALLOW) || !defined(FLOWC_VERDICT_DROP)
+#error "define the attach point's FLOWC_VERDICT_ALLOW and FLOWC_VERDICT_DROP"
+#endif
 
 static __always_inline void flowc_count(__u32 status)
 {
@@ -338,9 +388,10 @@ static __always_inline void flowc_report(const struct flowc_key *k, __u32 rule,
 	flowc_count(FLOWC_STATUS_EVENTS_SENT);
 }
 
-/* The body of the tc/tcx entry point (cls_bpf direct-action or tcx, ingress
- * or egress); the generated file defines flowc_tc() around it, because bcc
- * only turns functions of the main file into programs. */
+/* The body of the entry point (ingress or egress); the generated file defines
+ * flowc_tc() around it, because bcc only turns functions of the main file into
+ * programs. A redirect returns what bpf_redirect() says, the attach point's
+ * FLOWC_VERDICT_REDIRECT. */
 static __always_inline int flowc_run(struct __sk_buff *skb)
 {
 	struct flowc_key *k;
@@ -357,28 +408,28 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	cfg = flowc_config.lookup(&zero);
 	k = flowc_scratch.lookup(&zero);
 	if (!cfg || !k)
-		return FLOWC_TC_ACT_SHOT;
+		return FLOWC_VERDICT_DROP;
 	bank = cfg->bank & 1;
 	status = flowc_parse(skb, k);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
-		return FLOWC_TC_ACT_OK;
+		return FLOWC_VERDICT_ALLOW;
 	}
 	if (status != FLOWC_PARSE_OK) {
 		flowc_count(FLOWC_STATUS_MALFORMED);
-		return FLOWC_TC_ACT_SHOT;
+		return FLOWC_VERDICT_DROP;
 	}
 	found = flowc_classify(k, cfg);
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
-		return FLOWC_TC_ACT_SHOT; /* fail closed */
+		return FLOWC_VERDICT_DROP; /* fail closed */
 	}
 	rule = found;
 	slot = bank * FLOWC_N_RULES + rule;
 	action = flowc_actions.lookup(&slot);
 	if (!action) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
-		return FLOWC_TC_ACT_SHOT;
+		return FLOWC_VERDICT_DROP;
 	}
 	/* The deciding rule, for BPF_PROG_TEST_RUN and for programs after us. */
 	skb->cb[0] = rule + 1;
@@ -395,24 +446,24 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 
 	switch (action->kind) {
 	case FLOWC_ACTION_ALLOW:
-		return FLOWC_TC_ACT_OK;
+		return FLOWC_VERDICT_ALLOW;
 	case FLOWC_ACTION_REDIRECT:
 		if (action->flags & FLOWC_ACTION_F_PEER)
 			return bpf_redirect_peer(action->ifindex, 0);
 		return bpf_redirect(action->ifindex, 0);
 	case FLOWC_ACTION_MIRROR:
 		bpf_clone_redirect(skb, action->ifindex, 0);
-		return FLOWC_TC_ACT_OK;
+		return FLOWC_VERDICT_ALLOW;
 	case FLOWC_ACTION_MARK:
 		skb->mark = action->mark;
-		return FLOWC_TC_ACT_OK;
+		return FLOWC_VERDICT_ALLOW;
 	default:
-		return FLOWC_TC_ACT_SHOT;
+		return FLOWC_VERDICT_DROP;
 	}
 }
 /* ---- end of bpf/flowc_entry.h ---- */
 
-/* Entry point: tc (cls_bpf, direct action) or tcx, ingress on eth0. */
+/* Entry point: tc (cls_bpf in direct-action mode on a clsact qdisc), ingress on eth0. */
 int flowc_tc(struct __sk_buff *skb)
 {
 	return flowc_run(skb);

@@ -14,13 +14,15 @@
 //      default: examples/uplink.fw:10  default drop  => drop
 
 #define FLOWC_N_RULES 64 /* capacity; the policy has 7 */
-#define FLOWC_N_WORDS 1
-#define FLOWC_N_SUMMARY 1
-#define FLOWC_MEMO_BITS 13 /* unused */
+
+/* Verdicts of the attach point: tc (cls_bpf in direct-action mode on a clsact qdisc). */
+#define FLOWC_VERDICT_ALLOW 0 /* TC_ACT_OK */
+#define FLOWC_VERDICT_DROP 2 /* TC_ACT_SHOT */
+#define FLOWC_VERDICT_REDIRECT 7 /* TC_ACT_REDIRECT */
 
 #include "flowc_common.h"
 #include "flowc_parse.h"
-#include "flowc_bitvec.h"
+#include "flowc_chain.h"
 
 /* ---- from bpf/flowc_maps.h ---- */
 /* SPDX-License-Identifier: GPL-2.0 */
@@ -47,8 +49,6 @@ BPF_PERCPU_ARRAY(flowc_scratch, struct flowc_key, 1);
 /* flows reported recently, so one flow does not flood the ring buffer */
 BPF_TABLE("lru_hash", struct flowc_key, __u64, flowc_reported, 65536);
 /* ---- end of bpf/flowc_maps.h ---- */
-
-#include "flowc_chain.h"
 
 /* First match, in priority order: one test per rule (the config is unused:
  * a chain program is replaced, never refilled). */
@@ -98,8 +98,14 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 /* ---- from bpf/flowc_entry.h ---- */
 /* SPDX-License-Identifier: GPL-2.0 */
 /* flowc BPF runtime: what the tc/tcx entry point does. Include last, after
- * the generated flowc_classify() and the maps it uses. */
+ * the generated flowc_classify() and the maps it uses, and after defining the
+ * attach point's verdicts (backends/targets.py, BpfTarget): FLOWC_VERDICT_ALLOW
+ * (hand the packet on) and FLOWC_VERDICT_DROP. */
 
+
+#if !defined(FLOWC_VERDICT_ALLOW) || !defined(FLOWC_VERDICT_DROP)
+#error "define the attach point's FLOWC_VERDICT_ALLOW and FLOWC_VERDICT_DROP"
+#endif
 
 static __always_inline void flowc_count(__u32 status)
 {
@@ -133,9 +139,10 @@ static __always_inline void flowc_report(const struct flowc_key *k, __u32 rule,
 	flowc_count(FLOWC_STATUS_EVENTS_SENT);
 }
 
-/* The body of the tc/tcx entry point (cls_bpf direct-action or tcx, ingress
- * or egress); the generated file defines flowc_tc() around it, because bcc
- * only turns functions of the main file into programs. */
+/* The body of the entry point (ingress or egress); the generated file defines
+ * flowc_tc() around it, because bcc only turns functions of the main file into
+ * programs. A redirect returns what bpf_redirect() says, the attach point's
+ * FLOWC_VERDICT_REDIRECT. */
 static __always_inline int flowc_run(struct __sk_buff *skb)
 {
 	struct flowc_key *k;
@@ -152,28 +159,28 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	cfg = flowc_config.lookup(&zero);
 	k = flowc_scratch.lookup(&zero);
 	if (!cfg || !k)
-		return FLOWC_TC_ACT_SHOT;
+		return FLOWC_VERDICT_DROP;
 	bank = cfg->bank & 1;
 	status = flowc_parse(skb, k);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
-		return FLOWC_TC_ACT_OK;
+		return FLOWC_VERDICT_ALLOW;
 	}
 	if (status != FLOWC_PARSE_OK) {
 		flowc_count(FLOWC_STATUS_MALFORMED);
-		return FLOWC_TC_ACT_SHOT;
+		return FLOWC_VERDICT_DROP;
 	}
 	found = flowc_classify(k, cfg);
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
-		return FLOWC_TC_ACT_SHOT; /* fail closed */
+		return FLOWC_VERDICT_DROP; /* fail closed */
 	}
 	rule = found;
 	slot = bank * FLOWC_N_RULES + rule;
 	action = flowc_actions.lookup(&slot);
 	if (!action) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
-		return FLOWC_TC_ACT_SHOT;
+		return FLOWC_VERDICT_DROP;
 	}
 	/* The deciding rule, for BPF_PROG_TEST_RUN and for programs after us. */
 	skb->cb[0] = rule + 1;
@@ -190,24 +197,24 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 
 	switch (action->kind) {
 	case FLOWC_ACTION_ALLOW:
-		return FLOWC_TC_ACT_OK;
+		return FLOWC_VERDICT_ALLOW;
 	case FLOWC_ACTION_REDIRECT:
 		if (action->flags & FLOWC_ACTION_F_PEER)
 			return bpf_redirect_peer(action->ifindex, 0);
 		return bpf_redirect(action->ifindex, 0);
 	case FLOWC_ACTION_MIRROR:
 		bpf_clone_redirect(skb, action->ifindex, 0);
-		return FLOWC_TC_ACT_OK;
+		return FLOWC_VERDICT_ALLOW;
 	case FLOWC_ACTION_MARK:
 		skb->mark = action->mark;
-		return FLOWC_TC_ACT_OK;
+		return FLOWC_VERDICT_ALLOW;
 	default:
-		return FLOWC_TC_ACT_SHOT;
+		return FLOWC_VERDICT_DROP;
 	}
 }
 /* ---- end of bpf/flowc_entry.h ---- */
 
-/* Entry point: tc (cls_bpf, direct action) or tcx, ingress on eth0. */
+/* Entry point: tc (cls_bpf in direct-action mode on a clsact qdisc), ingress on eth0. */
 int flowc_tc(struct __sk_buff *skb)
 {
 	return flowc_run(skb);

@@ -10,17 +10,19 @@ own per-rule counters and ring-buffer events are read from user space.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from backends.bpf.abi import Event
-from backends.bpf.emit import lower
+from backends.bpf.emit import BPF_DIR, lower
 from compiler.frontend import compile_source
 from ir.model import Policy
-from runtime import tc_attach
+from runtime import bpf_loader, tc_attach
 from runtime.bpf_loader import BpfLoadError, SlowPath
 from tests.netns import Pair, inside, received, send_udp, veth_pair
 
@@ -216,17 +218,27 @@ def test_missing_redirect_device_is_a_clear_error(pair: Pair) -> None:
     assert info.value.dsl_line == 7 and "redirect target of veth.fw:7" in str(info.value)
 
 
-def test_verifier_rejection_reports_the_log() -> None:
+def test_verifier_rejection_reports_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     body = "\n".join(f" allow tcp dport {i}" for i in range(100))
     result = compile_source(f"policy p ingress on eth0 {{\n default drop\n{body}\n}}\n", "p.fw")
     assert result.program is not None
     program = lower(result.program.policies[0])
-    # Remove the bound check before the bit-vector word access: the verifier must
-    # refuse the out-of-bounds map access and say so in its own words.
-    unsafe = program.source.replace("if (w >= FLOWC_N_WORDS)\n\t\t\t\tbreak;", "")
-    assert unsafe != program.source
-    with pytest.raises(BpfLoadError) as info:
-        SlowPath(dataclasses.replace(program, source=unsafe))
+    # Remove the bound check before the bit-vector word access (in a copy of
+    # bpf/ the program is compiled against): the verifier must refuse the
+    # out-of-bounds map access and say so in its own words.
+    unsafe_dir = tmp_path / "bpf"
+    shutil.copytree(BPF_DIR, unsafe_dir)
+    bitvec = unsafe_dir / "flowc_bitvec.h"
+    safe = bitvec.read_text()
+    unsafe = safe.replace("if (w >= FLOWC_N_WORDS)\n\t\t\t\tbreak;", "")
+    assert unsafe != safe
+    bitvec.write_text(unsafe)
+    with monkeypatch.context() as patch:
+        patch.setattr(bpf_loader, "BPF_DIR", unsafe_dir)
+        with pytest.raises(BpfLoadError) as info:
+            SlowPath(program)
     assert info.value.stage == "verifier"
     assert "invalid access to map value" in info.value.log_tail
     broken = program.source.replace("return flowc_run(skb);", "return flowc_run(skb)")
