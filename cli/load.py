@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from backends import bpf
+from backends.targets import TARGETS
 from cli.common import ExitCode, Subparsers, compile_policy
 from runtime.bpf_loader import BpfLoadError, SlowPath
 from runtime.tc_attach import AttachError, attach, detach
@@ -18,7 +19,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--hook", metavar="NAME", help="the policy to load (needed if several)")
     p.add_argument("--dev", help="device (default: the policy's own)")
     p.add_argument("--direction", choices=["ingress", "egress"], help="default: the policy's own")
-    p.add_argument("--mode", choices=["tc", "tcx"], default="tc", help="cls_bpf (tc) or tcx link")
+    p.add_argument("--mode", choices=list(TARGETS), default="tc", help="cls_bpf (tc) or tcx link")
     p.add_argument("--strategy", choices=["bitvec", "chain"], default="bitvec")
     p.add_argument("--peer", action="store_true", help="redirect with bpf_redirect_peer")
     p.set_defaults(func=run_load)
@@ -38,7 +39,8 @@ def run_load(args: argparse.Namespace) -> int:
     device = args.dev or policy.hook.device
     direction = args.direction or policy.hook.direction
     try:
-        slow_path = SlowPath(bpf.lower(policy, args.strategy), peer_redirect=args.peer)
+        program = bpf.lower(policy, args.strategy, target=TARGETS[args.mode])
+        slow_path = SlowPath(program, peer_redirect=args.peer)
     except BpfLoadError as exc:
         line = f"{policy.origin.file}:{exc.dsl_line}: " if exc.dsl_line else ""
         print(f"flowc: {line}error: {exc}", file=sys.stderr)
