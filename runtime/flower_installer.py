@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from backends.flower.rules import FlowerFilter, InstallFlags
+from backends.flower.rules import (
+    ETH_P_ALL,
+    PASS,
+    FlowerAction,
+    FlowerFilter,
+    FlowerMatch,
+    InstallFlags,
+)
 from runtime.flower_netlink import (
     RTM_DELTFILTER,
     RTM_GETTFILTER,
@@ -360,8 +367,6 @@ class FlowerInstaller:
 
 
 def _no_filter() -> FlowerFilter:
-    from backends.flower.rules import ETH_P_ALL, PASS, FlowerAction, FlowerMatch
-
     return FlowerFilter(0, 1, 0, FlowerMatch(ETH_P_ALL), FlowerAction(PASS))
 
 

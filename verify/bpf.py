@@ -24,6 +24,8 @@ from ir.fields import HEADER_SPACE
 from ir.interp import evaluate
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Policy, Rule
 from ir.packet import Packet, point_problems
+from runtime.bpf_loader import SlowPath
+from runtime.testrun import test_run
 from verify.frames import frame
 
 
@@ -147,8 +149,6 @@ def check_bpf(
         import bcc  # noqa: F401  (Debian's python3-bpfcc)
     except ImportError:
         raise BpfCheckUnavailable("the BPF check needs bcc (python3-bpfcc)") from None
-    from runtime.bpf_loader import SlowPath
-    from runtime.testrun import test_run
 
     # Redirect targets resolve to loopback: BPF_PROG_TEST_RUN never sends the frame.
     slow_path = SlowPath(lower(policy, strategy), ifindex_of=lambda _device: 1)
