@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from backends.bpf.abi import FlowKey
 from backends.bpf.emit import ShapeChanged
 from backends.flower.rules import (
     ROLE_CACHE,
@@ -38,7 +39,7 @@ from runtime.agent.core import CATCH_ALL_PRIO, GUARD_PRIO, Agent, AgentConfig
 from runtime.agent.counters import COUNTERS, GAUGES
 from runtime.agent.metrics import SnapshotCollector
 from runtime.agent.priorities import PLAN
-from runtime.agent.slow_path_model import SlowPathModel, flow_key
+from runtime.agent.slow_path_model import SlowPathModel
 from runtime.flow_cache import CacheConfig
 from runtime.nic_model import NicModel
 
@@ -358,7 +359,7 @@ def test_the_slow_path_model_reports_like_the_ring_buffer() -> None:
 @given(st.lists(st.tuples(st.integers(0, 30), st.integers(4990, 5010)), min_size=1, max_size=40))
 def test_flow_key_round_trips(flows: list[tuple[int, int]]) -> None:
     for i, port in flows:
-        assert flow_key(udp(i, port)).to_packet() == udp(i, port)
+        assert FlowKey.from_packet(udp(i, port)).to_packet() == udp(i, port)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

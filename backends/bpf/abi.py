@@ -85,28 +85,37 @@ class FlowKey(ct.Structure):
         ("ip6_dst", ct.c_uint8 * 16),
     )
 
+    SCALARS = (
+        "family",
+        "vlan_tagged",
+        "vlan_id",
+        "dscp",
+        "ip_proto",
+        "icmp_type",
+        "icmp_code",
+        "tcp_flags",
+        "sport",
+        "dport",
+    )
+    """The fields that are one IR field each; the addresses are byte arrays."""
+    ADDRESSES = (("ip4_src", 4), ("ip4_dst", 4), ("ip6_src", 16), ("ip6_dst", 16))
+    """The address fields and their widths in bytes (network order)."""
+
     def to_packet(self) -> Packet:
         """The IR packet this key describes."""
-        fields = {
-            name: getattr(self, name)
-            for name in (
-                "family",
-                "vlan_tagged",
-                "vlan_id",
-                "dscp",
-                "ip_proto",
-                "icmp_type",
-                "icmp_code",
-                "tcp_flags",
-                "sport",
-                "dport",
-            )
-        }
-        fields["ip4_src"] = int.from_bytes(bytes(self.ip4_src), "big")
-        fields["ip4_dst"] = int.from_bytes(bytes(self.ip4_dst), "big")
-        fields["ip6_src"] = int.from_bytes(bytes(self.ip6_src), "big")
-        fields["ip6_dst"] = int.from_bytes(bytes(self.ip6_dst), "big")
+        fields = {name: getattr(self, name) for name in self.SCALARS}
+        for name, _width in self.ADDRESSES:
+            fields[name] = int.from_bytes(bytes(getattr(self, name)), "big")
         return Packet.make(**fields)
+
+    @classmethod
+    def from_packet(cls, packet: Packet) -> FlowKey:
+        """The key the program builds for ``packet`` (the inverse of :meth:`to_packet`)."""
+        fields = packet.as_dict()
+        key = cls(**{name: fields[name] for name in cls.SCALARS})
+        for name, width in cls.ADDRESSES:
+            getattr(key, name)[:] = list(fields[name].to_bytes(width, "big"))
+        return key
 
     def __str__(self) -> str:
         src: ipaddress.IPv4Address | ipaddress.IPv6Address

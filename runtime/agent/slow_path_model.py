@@ -27,29 +27,6 @@ from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
 
-KEY_FIELDS = (
-    "family",
-    "vlan_tagged",
-    "vlan_id",
-    "dscp",
-    "ip_proto",
-    "icmp_type",
-    "icmp_code",
-    "tcp_flags",
-    "sport",
-    "dport",
-)
-
-
-def flow_key(packet: Packet) -> FlowKey:
-    """The ``struct flowc_key`` the program builds for ``packet`` (the inverse of
-    :meth:`backends.bpf.abi.FlowKey.to_packet`)."""
-    fields = packet.as_dict()
-    key = FlowKey(**{name: fields[name] for name in KEY_FIELDS})
-    for name, width in (("ip4_src", 4), ("ip4_dst", 4), ("ip6_src", 16), ("ip6_dst", 16)):
-        getattr(key, name)[:] = list(fields[name].to_bytes(width, "big"))
-    return key
-
 
 class SlowPathModel:
     """The slow path's observable behaviour, in memory (see the module docstring).
@@ -96,7 +73,7 @@ class SlowPathModel:
         stats[0] += 1
         stats[1] += nbytes
         stats[2] = now
-        key = flow_key(packet)
+        key = FlowKey.from_packet(packet)
         raw = bytes(key)
         last = self.reported.get(raw)
         if last is not None and self.dedup_ns and now - last < self.dedup_ns:
