@@ -25,8 +25,7 @@ from ir.model import Action, Match, Policy
 from ir.packet import Packet
 from runtime.flow_cache import CacheConfig, FlowCache
 from runtime.nic_model import NicModel
-from tests.test_analysis import make_policy, rules
-from tests.test_packet_syntax import packets
+from tests.strategies import make_policy, packets, rules
 
 WEB = Path(__file__).resolve().parent.parent / "examples" / "web-tier.fw"
 
