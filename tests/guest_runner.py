@@ -167,7 +167,10 @@ def main(argv: list[str]) -> int:
             return EXIT_NO_GUEST
         print(f"guest tier: SKIP (no {missing}; run scripts/setup.sh)")
         return 0
-    with tempfile.TemporaryDirectory(prefix="flowc-guest-") as rwdir:
+    # The results directory lives in the checkout, not in /tmp: virtme-ng lays a
+    # writable overlay over the guest's /tmp, and a directory mounted inside it
+    # was seen missing in the guest (the script could not write its status).
+    with tempfile.TemporaryDirectory(prefix=".guest-run-", dir=REPO) as rwdir:
         status_file = Path(rwdir) / "status"
         log_file = Path(rwdir) / "pytest.log"
         pytest_args = " ".join(shlex.quote(a) for a in argv) or "tests/guest"

@@ -29,7 +29,7 @@ from ir.packet import Packet
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
 from tests.fixtures import EXAMPLE_PATHS
 from tests.guest.conftest import Pair, inside, sh
-from tests.guest.helpers import policies, send_frames, target_devices
+from tests.guest.helpers import pace, policies, send_frames, target_devices
 from verify.frames import frame
 
 
@@ -120,11 +120,11 @@ def test_verdicts_seen_from_outside(pair: Pair) -> None:
         for port in (5000, 5001, 5003, 6000):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("10.198.0.2", port))
-            s.settimeout(0.5)
+            s.settimeout(pace().scaled(0.5))
             listeners[port] = s
         sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
         sniff.bind((peer, 0))
-        sniff.settimeout(0.5)
+        sniff.settimeout(pace().scaled(0.5))
         with FlowerInstaller(pair.dev_b, "ingress") as inst:
             inst.install(program.filters)
             # A static neighbour entry: the UDP sends below must not wait on ARP.
