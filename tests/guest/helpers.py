@@ -239,7 +239,9 @@ def _cache_rule(entry: dict[str, Any]) -> int | None:
     return cookie.rule
 
 
-def canonical_dump(ns: str, dev: str, direction: str = "ingress") -> dict[str, Any]:
+def canonical_dump(
+    ns: str, dev: str, direction: str = "ingress", *, cache_keys: bool = True
+) -> dict[str, Any]:
     """The hook's filters (every chain, every classifier) and chains, as
     ``tc -j`` prints them, with what is about one run taken out.
 
@@ -249,6 +251,7 @@ def canonical_dump(ns: str, dev: str, direction: str = "ingress") -> dict[str, A
     the IR rule the cookie names: a cache rule installed again after a policy
     change gets the next handle and the generation that installed it, while
     its match, action, priority and rule are what the policy decides.
+    ``cache_keys=False`` leaves a cache rule's flower keys out as well.
     """
     entries = []
     for entry in tc_json(ns, "filter", "show", "dev", dev, direction):
@@ -259,6 +262,8 @@ def canonical_dump(ns: str, dev: str, direction: str = "ingress") -> dict[str, A
             clean["options"].pop("handle", None)
             for action in clean["options"].get("actions", []):
                 action.pop("cookie", None)
+            if not cache_keys:
+                clean["options"].pop("keys", None)
             clean["cache_rule"] = rule
         entries.append(clean)
     chains = _scrub(tc_json(ns, "chain", "show", "dev", dev, direction))
