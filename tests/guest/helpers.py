@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from backends.bpf.emit import lower
-from backends.flower.rules import ROLE_CACHE
+from backends.flower.rules import ROLE_CACHE, Cookie
 from backends.flower.text import parse_tc_json
 from compiler.frontend import compile_file, compile_source
 from ir.model import MIRROR, REDIRECT, Policy
@@ -122,6 +122,13 @@ def wait_until(what: str, check: Callable[[], Any], seconds: float) -> Any:
     pytest.fail(f"timed out waiting for {what} ({seconds:.0f} s, pace {pace().compile_s:.1f} s)")
 
 
+def max_idle() -> float:
+    """The agent's --max-idle in these tests: short, so idle eviction is seen in
+    a test's time, but long enough (10 unloaded seconds, scaled) that a rule
+    outlives the steps between its flow's last packet and a check on it."""
+    return pace().scaled(10)
+
+
 class AgentProcess:
     """``flowc agent`` running in namespace B, its JSON log collected.
 
@@ -135,7 +142,7 @@ class AgentProcess:
         cmd = [
             "ip", "netns", "exec", pair.ns_b,
             sys.executable, "-m", "cli.main", "agent",
-            "--policy", str(policy), "--no-proactive", "--max-idle", "3",
+            "--policy", str(policy), "--no-proactive", "--max-idle", f"{max_idle():.1f}",
             "--poll-interval", "0.5", "--metrics-addr", METRICS, *extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=self.log, stdout=subprocess.DEVNULL)
@@ -228,15 +235,12 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def _cache_rule(entry: dict[str, Any]) -> int | None:
-    """The IR rule of a flowc cache rule's dump entry (None for anything else)."""
+def _cookie(entry: dict[str, Any]) -> Cookie | None:
+    """The flowc cookie of a flower filter's dump entry (None for anything else)."""
     if entry.get("kind") != "flower" or "options" not in entry:
         return None
     (parsed,) = parse_tc_json([entry])
-    cookie = parsed.cookie
-    if cookie is None or cookie.role != ROLE_CACHE:
-        return None
-    return cookie.rule
+    return parsed.cookie
 
 
 def canonical_dump(
@@ -246,25 +250,34 @@ def canonical_dump(
     ``tc -j`` prints them, with what is about one run taken out.
 
     Canonical means: counters, times, action indexes, reference counts and
-    program ids dropped (see VOLATILE_KEYS); entries sorted. A flowc cache
-    rule also loses its handle and its action cookie, which are replaced by
-    the IR rule the cookie names: a cache rule installed again after a policy
-    change gets the next handle and the generation that installed it, while
-    its match, action, priority and rule are what the policy decides.
+    program ids dropped (see VOLATILE_KEYS); entries sorted; a flowc cookie
+    shown decoded, without the generation that installed the filter (a
+    policy update may put a filter up again under the new generation). A
+    flowc cache rule also loses its handle and the cookie's tag (the handle
+    again), and is named by the IR rule its cookie names: installed again
+    after a policy change it gets the next handle, while its match, action,
+    priority and rule are what the policy decides.
     ``cache_keys=False`` leaves a cache rule's flower keys out as well.
     """
     entries = []
     for entry in tc_json(ns, "filter", "show", "dev", dev, direction):
-        rule = _cache_rule(entry)
+        cookie = _cookie(entry)
         clean = _scrub(entry)
-        if rule is not None:
-            clean.pop("handle", None)
-            clean["options"].pop("handle", None)
+        if cookie is not None:
+            cache = cookie.role == ROLE_CACHE
             for action in clean["options"].get("actions", []):
-                action.pop("cookie", None)
-            if not cache_keys:
-                clean["options"].pop("keys", None)
-            clean["cache_rule"] = rule
+                if "cookie" in action:
+                    action["cookie"] = {
+                        "role": cookie.role,
+                        "rule": cookie.rule,
+                        "tag": None if cache else cookie.tag,
+                    }
+            if cache:
+                clean.pop("handle", None)
+                clean["options"].pop("handle", None)
+                if not cache_keys:
+                    clean["options"].pop("keys", None)
+                clean["cache_rule"] = cookie.rule
         entries.append(clean)
     chains = _scrub(tc_json(ns, "chain", "show", "dev", dev, direction))
     return {

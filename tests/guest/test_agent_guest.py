@@ -114,7 +114,7 @@ def test_agent_end_to_end(
         wait_for("cache counts in the metrics", lambda: rule_status(
             pair, "allow udp dport 5000").packets.get("cache", 0) >= 5)  # fmt: skip
         assert rule_status(pair, "allow udp dport 5000").packets["slow"] == 1
-        # 3. idle eviction (max idle 3 s)
+        # 3. idle eviction (max idle: helpers.max_idle(), 10 s on an unloaded guest)
         wait_for("idle eviction", lambda: not cache_rules(
             pair, "allow udp dport 5000", status(pair)), timeout=30)  # fmt: skip
         assert status(pair).evictions["idle"] >= 1

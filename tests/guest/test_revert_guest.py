@@ -79,13 +79,20 @@ def key(f: FlowerFilter) -> tuple[int, int, int, int]:
 
 
 def apply(inst: FlowerInstaller, filters: list[FlowerFilter]) -> None:
-    """Make the hook hold ``filters``: delete the flowc filters the new set
-    has no place for (chain, priority, protocol, handle), replace the rest in
-    place and add the new ones."""
+    """Make the hook hold exactly ``filters``, as an installer moving from one
+    policy to the next would: a filter whose place (chain, priority, protocol,
+    handle) and match are already there is replaced in place (flower refuses
+    a replacement with another mask), every other flowc filter is deleted,
+    and the rest are added."""
     inst.ensure_clsact()
-    wanted = {key(f) for f in filters}
-    inst.delete([i.filter for i in inst.dump() if i.filter.cookie and key(i.filter) not in wanted])
-    inst.install(filters, replace=True)
+    have = {key(i.filter): i.filter for i in inst.dump() if i.filter.cookie is not None}
+    in_place = [f for f in filters if key(f) in have and have[key(f)].match == f.match]
+    kept = {key(f) for f in in_place}
+    inst.delete([f for k, f in have.items() if k not in kept])
+    if in_place:
+        inst.add(in_place, replace=True)
+    inst.add([f for f in filters if key(f) not in kept])
+    assert inst.verify(filters) == []
 
 
 @pytest.mark.parametrize("a, a_profile, b, b_profile", PAIRS, ids=lambda v: str(v))
@@ -197,7 +204,9 @@ def test_agent_a_b_a_leaves_a(
 
     Canonical here is :func:`canonical_dump` of the hook with cache rules
     reduced further: a cache rule is its IR rule, priority, protocol, action
-    and flags; its handle, cookie and flower keys are left out. A rule
+    and flags; its handle, cookie and flower keys are left out. Every flowc
+    cookie loses its generation (the agent puts its catch-all trap up again
+    on an update, under the new generation). A rule
     installed again under A gets a new handle and a cookie naming the
     generation that installed it (3, not 1), and its cube may differ from the
     first run's, since the cache widens a megaflow to a mask already on the
