@@ -11,23 +11,134 @@ Usage: python -m tests.guest_runner [PYTEST ARGS...]
 Exit status: pytest's inside the guest; 4 when the guest could not run them;
 0 with a SKIP line when no Debian kernel or virtme-ng is installed and
 FLOWC_REQUIRE_GUEST is not set.
+
+No limit here is a fixed number of seconds a loaded machine can exceed
+(an emulated guest on a machine other work shares runs many times slower):
+
+* boot: BOOT_S unloaded seconds, scaled by the host's load, re-read while
+  waiting (the guest's vCPUs get a share of the cores the load leaves);
+* after boot, the guest writes a heartbeat every second; a heartbeat older
+  than HEARTBEAT_STALE_S (load-scaled) means the guest died or hung;
+* the tests: before any timed wait, tests/guest/conftest.py times one bcc
+  compile in the guest (tests.guest.helpers.calibrate) and writes it to
+  calibration.json; the tests then get TEST_BUDGET_COMPILES such compiles.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = REPO / ".venv" / "bin"
-BOOT_TIMEOUT_S = 1500  # the whole guest run, emulated CPU included
+# The venv of the Python running this (the guest sees the host file system):
+# a worktree without its own .venv runs with the checkout's venv it was given.
+VENV_BIN = Path(sys.executable).parent
 EXIT_NO_GUEST = 4
+GUEST_CPUS = 2
+BOOT_S = 300  # an unloaded emulated boot takes 30-60 s
+HEARTBEAT_STALE_S = 120  # a guest that cannot run `sleep 1` in this long is gone
+# The tier's work in units of one bcc compile: unloaded, about 20 compiles'
+# worth (3-4 agent starts, the flower tests' installs and frames).
+TEST_BUDGET_COMPILES = 80
+
+
+def host_slowdown() -> float:
+    """How many times slower than unloaded the guest's vCPUs run now, from the
+    host's load average: the guest's threads share the cores with that load."""
+    cores = os.cpu_count() or 1
+    return max(1.0, (os.getloadavg()[0] + GUEST_CPUS) / max(cores, GUEST_CPUS))
+
+
+class Watchdog:
+    """Decides when a guest run has failed to make progress (see the module doc)."""
+
+    def __init__(self, rwdir: Path) -> None:
+        self.rwdir = rwdir
+        self.started = time.monotonic()
+        self.slowdown = host_slowdown()
+        self.booted_at: float | None = None
+        self.calibrated_at: float | None = None
+        self.compile_s: float | None = None
+        self.beat = ""
+        self.beat_at: float | None = None
+
+    def verdict(self) -> str | None:
+        """None while the run is making progress, else why it is considered stuck."""
+        now = time.monotonic()
+        self.slowdown = max(self.slowdown, host_slowdown())
+        if self.booted_at is None:
+            if (self.rwdir / "booted").exists():
+                self.booted_at = now
+            elif now - self.started > BOOT_S * self.slowdown:
+                return f"the guest did not boot in {now - self.started:.0f} s"
+            return None
+        heartbeat = self.rwdir / "heartbeat"
+        beat = heartbeat.read_text() if heartbeat.exists() else ""
+        if beat != self.beat:  # a counter the guest advances (its clock is emulated too)
+            self.beat, self.beat_at = beat, now
+        stale = HEARTBEAT_STALE_S * self.slowdown
+        if now - (self.beat_at or self.booted_at) > stale:
+            return f"the guest's heartbeat stopped for over {stale:.0f} s"
+        calibration = self.rwdir / "calibration.json"
+        if self.compile_s is None and calibration.exists():
+            try:
+                self.compile_s = float(json.loads(calibration.read_text())["compile_s"])
+                self.calibrated_at = now
+            except (ValueError, KeyError):
+                pass  # being written
+        if self.compile_s is not None and self.calibrated_at is not None:
+            budget = TEST_BUDGET_COMPILES * self.compile_s
+            if now - self.calibrated_at > budget:
+                return (
+                    f"the tests ran past {budget:.0f} s "
+                    f"({TEST_BUDGET_COMPILES} bcc compiles of {self.compile_s:.1f} s)"
+                )
+        return None
+
+    def summary(self) -> str:
+        took = time.monotonic() - self.started
+        compile_s = f"{self.compile_s:.1f} s" if self.compile_s is not None else "not measured"
+        return (
+            f"guest tier: {took:.0f} s in all; one bcc compile in the guest {compile_s}; "
+            f"host slowdown {self.slowdown:.1f}"
+        )
+
+
+def kvm_failed(kvm: bool, rwdir: Path) -> bool:
+    """A KVM attempt that never booted (emulation is tried next)."""
+    return kvm and not (rwdir / "booted").exists()
+
+
+def run_guest(cmd: list[str], env: dict[str, str], rwdir: Path) -> tuple[int | None, str, str]:
+    """Run the guest until it exits or the watchdog gives up (then kill it):
+    its exit status (None when killed), stdout and stderr."""
+    watchdog = Watchdog(rwdir)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        reason = None
+        while proc.poll() is None:
+            reason = watchdog.verdict()
+            if reason is not None:
+                proc.kill()
+                proc.wait()
+                break
+            time.sleep(1)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    print(watchdog.summary(), file=sys.stderr)
+    if reason is not None:
+        print(f"guest tier: {reason}; stopped", file=sys.stderr)
+        return None, stdout, stderr
+    return proc.returncode, stdout, stderr
 
 
 def debian_kernel() -> str | None:
@@ -56,31 +167,31 @@ def main(argv: list[str]) -> int:
             return EXIT_NO_GUEST
         print(f"guest tier: SKIP (no {missing}; run scripts/setup.sh)")
         return 0
-    with tempfile.TemporaryDirectory(prefix="flowc-guest-") as rwdir:
+    # The results directory lives in the checkout, not in /tmp: virtme-ng lays a
+    # writable overlay over the guest's /tmp, and a directory mounted inside it
+    # was seen missing in the guest (the script could not write its status).
+    with tempfile.TemporaryDirectory(prefix=".guest-run-", dir=REPO) as rwdir:
         status_file = Path(rwdir) / "status"
         log_file = Path(rwdir) / "pytest.log"
         pytest_args = " ".join(shlex.quote(a) for a in argv) or "tests/guest"
+        heartbeat = (
+            f"( n=0; while :; do n=$((n+1)); echo $n > {rwdir}/heartbeat; sleep 1; done ) "
+            "</dev/null >/dev/null 2>&1 & hb=$!"
+        )
         inner = (
-            f"cd {shlex.quote(str(REPO))} && echo booted > {rwdir}/booted && "
+            f"cd {shlex.quote(str(REPO))} || exit 4; echo booted > {rwdir}/booted; {heartbeat}; "
             f"PYTHONDONTWRITEBYTECODE=1 FLOWC_IN_GUEST=1 FLOWC_GUEST_OUT={rwdir} "
             f"HYPOTHESIS_PROFILE=dev "
             f"{VENV_BIN}/python -m pytest -m guest -p no:cacheprovider -q {pytest_args} "
-            f"> {log_file} 2>&1; echo $? > {status_file}"
+            f"> {log_file} 2>&1; echo $? > {status_file}; kill $hb"
         )
         env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
         attempts = [True, False] if os.access("/dev/kvm", os.R_OK | os.W_OK) else [False]
         for kvm in attempts:
-            try:
-                proc = subprocess.run(
-                    vng_command(kernel, rwdir, inner, kvm=kvm),
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=BOOT_TIMEOUT_S,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                print(f"guest tier: the guest ran past {BOOT_TIMEOUT_S} s", file=sys.stderr)
+            code, stdout, stderr = run_guest(
+                vng_command(kernel, rwdir, inner, kvm=kvm), env, Path(rwdir)
+            )
+            if code is None and not kvm_failed(kvm, Path(rwdir)):
                 if log_file.exists():
                     sys.stdout.write(log_file.read_text())
                 return EXIT_NO_GUEST
@@ -88,7 +199,7 @@ def main(argv: list[str]) -> int:
                 break
             print(
                 f"guest tier: the guest did not boot ({'kvm' if kvm else 'emulated'}"
-                f"{', trying emulation' if kvm else ''}): {proc.stderr.strip()[-300:]}",
+                f"{', trying emulation' if kvm else ''}): {stderr.strip()[-300:]}",
                 file=sys.stderr,
             )
         else:
@@ -97,7 +208,7 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(log_file.read_text())
         if not status_file.exists():
             print("guest tier: pytest did not finish inside the guest", file=sys.stderr)
-            print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)
+            print(stdout[-2000:], stderr[-2000:], file=sys.stderr)
             return EXIT_NO_GUEST
         return int(status_file.read_text().strip() or EXIT_NO_GUEST)
 

@@ -17,67 +17,11 @@ from hypothesis import strategies as st
 
 from ir import analysis
 from ir.interp import evaluate
-from ir.model import Action, Hook, Match, Origin, Policy, Program, Rule
+from ir.model import Action, Match, Policy, Program, Rule
 from ir.packet import Packet
 from ir.passes import drop_unreachable
 from ir.valueset import ValueSet
-
-BASE = 0x0A000000  # 10.0.0.0
-
-FAMILIES = [None, {4}, {6}]
-PROTOS = [None, {6}, {17}, {6, 17}, {1}]
-SRC_PREFIXES = [None, (BASE, 30), (BASE, 31), (BASE + 2, 31), (BASE + 1, 32), (BASE + 3, 32)]
-DPORTS = [None, (0, 3), (0, 1), (1, 2), (2, 2), (3, 3)]
-
-
-@st.composite
-def rules(draw: st.DrawFn) -> tuple[Match, Action]:
-    constraints: list[tuple[str, ValueSet]] = []
-    family = draw(st.sampled_from(FAMILIES))
-    src = draw(st.sampled_from(SRC_PREFIXES))
-    if src is not None:
-        family = {4}
-    proto = draw(st.sampled_from(PROTOS))
-    dport = draw(st.sampled_from(DPORTS))
-    if dport is not None and (proto is None or not proto <= {6, 17}):
-        proto = {6, 17}
-    if family is not None:
-        constraints.append(("family", ValueSet.of_values(8, family)))
-    if proto is not None:
-        constraints.append(("ip_proto", ValueSet.of_values(8, proto)))
-    if src is not None:
-        constraints.append(("ip4_src", ValueSet.of_prefix(32, *src)))
-    if dport is not None:
-        constraints.append(("dport", ValueSet.of_range(16, *dport)))
-    action = Action(draw(st.sampled_from(["allow", "drop"])))
-    return Match(tuple(constraints)), action
-
-
-def make_policy(specs: list[tuple[Match, Action]], default: str) -> Policy:
-    rule_list = [
-        Rule(i, match, action, Origin("gen.fw", i + 2)) for i, (match, action) in enumerate(specs)
-    ]
-    rule_list.append(Rule(len(specs), Match(), Action(default), Origin("gen.fw", 1), True))
-    return Policy("gen", Hook("eth0", "ingress"), tuple(rule_list), Origin("gen.fw", 1))
-
-
-def representatives() -> list[Packet]:
-    out = []
-    for family, proto in itertools.product((4, 6), (1, 6, 17, 58, 50)):
-        srcs = [BASE, BASE + 1, BASE + 2, BASE + 3, BASE + 8] if family == 4 else [0]
-        ports = [0, 1, 2, 3, 4] if proto in (6, 17) else [None]
-        for src, port in itertools.product(srcs, ports):
-            fields = {"family": family, "ip_proto": proto}
-            if family == 4:
-                fields["ip4_src"] = src
-            if port is not None:
-                fields["dport"] = port
-                fields["sport"] = 1000
-            out.append(Packet.make(**fields))
-    return out
-
-
-REPS = representatives()
+from tests.strategies import REPS, make_policy, rules
 
 
 def without(policy: Policy, gone: set[int]) -> Policy:

@@ -15,9 +15,9 @@ from compiler.packet_syntax import parse_packet
 from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
-from tests.conftest import EXAMPLES, compile_ok
-from tests.test_analysis import REPS, make_policy, rules
-from tests.test_packet_syntax import packets
+from tests.conftest import compile_ok
+from tests.fixtures import EXAMPLE_PATHS
+from tests.strategies import REPS, make_policy, packets, rules
 
 
 @given(st.lists(rules(), min_size=0, max_size=12), st.sampled_from(["allow", "drop"]))
@@ -26,9 +26,6 @@ def test_tables_agree_with_interpreter_on_every_region(specs: list, default: str
     tables = build_tables(policy)
     for packet in REPS:
         assert tables.classify(packet) == evaluate(policy, packet).rule.priority
-
-
-EXAMPLE_PATHS = sorted([*EXAMPLES.glob("*.fw"), EXAMPLES / "multi-file" / "main.fw"])
 
 
 @functools.cache

@@ -11,15 +11,10 @@ import pytest
 
 from cli.main import main
 from tests.conftest import EXAMPLES, ROOT
+from tests.fixtures import run
 
 UPLINK = str(EXAMPLES / "uplink.fw")
 MULTI = str(EXAMPLES / "multi-file" / "main.fw")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_compile_text_names_source_lines(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,6 @@ packets.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Hashable, Sequence
 
 from hypothesis import given, settings
@@ -18,45 +17,10 @@ from hypothesis import strategies as st
 
 from ir.algebra import Cube
 from ir.equivalence import ANY, Entry, agree, check_refinement, compare
-from ir.fields import Field, Space
-from ir.packet import Point, point_problems
+from ir.packet import Point
 from ir.valueset import ValueSet
+from tests.strategies import PACKETS, SMALL, cubes
 
-SMALL = Space(
-    (
-        Field("proto", 2, "dec", "protocol (3 means 'has ports')"),
-        Field("src", 4, "dec", "address"),
-        Field(
-            "port",
-            3,
-            "dec",
-            "a port, only when proto is 3",
-            prerequisite=((("proto", ValueSet.of_value(2, 3)),),),
-        ),
-    )
-)
-PACKETS: list[Point] = [
-    p
-    for p in itertools.product(*(range(1 << f.width) for f in SMALL.fields))
-    if not point_problems(SMALL, p)
-]
-
-
-def value_sets(width: int) -> st.SearchStrategy[ValueSet]:
-    top = (1 << width) - 1
-    full = st.just(ValueSet.full(width))
-    ranges = st.builds(
-        lambda a, b: ValueSet.of_range(width, min(a, b), max(a, b)),
-        st.integers(0, top),
-        st.integers(0, top),
-    )
-    ternaries = st.builds(
-        lambda v, m: ValueSet.of_ternary(width, v & m, m), st.integers(0, top), st.integers(0, top)
-    )
-    return full | ranges | ternaries
-
-
-cubes = st.builds(lambda *sets: Cube(tuple(sets)), *(value_sets(f.width) for f in SMALL.fields))
 decisions = st.sampled_from(["allow", "drop", "mark"])
 entry_lists = st.lists(st.builds(Entry, cubes, decisions | st.just(ANY)), max_size=7)
 

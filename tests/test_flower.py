@@ -31,25 +31,16 @@ from backends.flower.rules import (
     same_decision,
 )
 from backends.nic_profile import ProfileError, load_profile, profile_names
-from compiler.frontend import compile_file
 from ir.analysis import region_witnesses
 from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
 from ir.valueset import ValueSet
-from tests.conftest import EXAMPLES, policy_of
-from tests.test_analysis import make_policy, rules
-from tests.test_packet_syntax import packets
+from tests.conftest import policy_of
+from tests.fixtures import EXAMPLE_PATHS, example_policies
+from tests.strategies import make_policy, packets, rules
 
-EXAMPLE_PATHS = sorted([*EXAMPLES.glob("*.fw"), EXAMPLES / "multi-file" / "main.fw"])
 PROFILES = profile_names()
-
-
-@functools.cache
-def example_policies(path: Path) -> tuple[Policy, ...]:
-    result = compile_file(str(path))
-    assert result.program is not None
-    return result.program.policies
 
 
 @functools.cache

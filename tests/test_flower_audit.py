@@ -35,9 +35,9 @@ from ir.equivalence import ANY, Entry, compare
 from ir.fields import HEADER_SPACE
 from ir.interp import evaluate
 from ir.model import Action, Match, Policy
-from tests.test_analysis import make_policy, rules
-from tests.test_flower import EXAMPLE_PATHS, EXAMPLES, example_policies
-from tests.test_flower_verify import mutants
+from tests.fixtures import EXAMPLE_PATHS, EXAMPLES, example_policies
+from tests.mutation import mutants
+from tests.strategies import make_policy, rules
 from verify.flower import SOUND, STALE, UNCHECKED, UNSOUND, Audit, audit
 
 

@@ -16,17 +16,11 @@ from backends.flower.rules import (
     ETH_P_8021AD,
     ETH_P_8021Q,
     ETH_P_IP,
-    ETH_P_IPV6,
-    ROLE_CACHE,
     ROLE_FRAME,
-    ROLE_RULE,
-    ROLE_TRAP,
     Cookie,
     FlowerAction,
     FlowerFilter,
     FlowerMatch,
-    Masked,
-    PortRange,
 )
 from backends.nic_profile import load_profile
 from runtime.flower_netlink import (
@@ -42,7 +36,8 @@ from runtime.flower_netlink import (
     message_bytes,
 )
 from runtime.flower_wire import delete_filter_request, new_filter_request
-from tests.test_flower import EXAMPLE_PATHS, example_policies
+from tests.fixtures import EXAMPLE_PATHS, example_policies
+from tests.strategies import filters
 
 DEVICES: dict[str, int] = {}
 NAMES: dict[int, str] = {}
@@ -80,82 +75,6 @@ def test_examples_round_trip(path: Path, profile: str) -> None:
             got = round_trip(f)
             assert got is not None
             assert got.filter == dataclasses.replace(f, origin=None)
-
-
-def masked(width: int) -> st.SearchStrategy[Masked]:
-    top = (1 << width) - 1
-    return st.builds(lambda v, m: Masked(v & m, m), st.integers(0, top), st.integers(0, top))
-
-
-@st.composite
-def filters(draw: st.DrawFn) -> FlowerFilter:
-    family = draw(st.sampled_from([4, 6]))
-    eth = ETH_P_IP if family == 4 else ETH_P_IPV6
-    tagged = draw(st.booleans())
-    proto = draw(st.sampled_from([None, 6, 17, 132, 1 if family == 4 else 58, 47]))
-    kw: dict[str, object] = {"ip_proto": proto}
-    width = 32 if family == 4 else 128
-    kw["src_ip"] = draw(st.none() | masked(width))
-    kw["dst_ip"] = draw(st.none() | masked(width))
-    kw["ip_tos"] = draw(st.none() | masked(8))
-    if proto in (6, 17, 132):
-        port = (
-            st.none()
-            | masked(16)
-            | st.builds(
-                lambda a, b: PortRange(min(a, b), max(a, b) + 1),
-                st.integers(1, 65000),
-                st.integers(1, 65000),
-            )
-        )
-        kw["src_port"] = draw(port)
-        kw["dst_port"] = draw(port)
-    if proto == 6:
-        kw["tcp_flags"] = draw(st.none() | masked(8))
-    if proto in (1, 58):
-        kw["icmp_type"] = draw(st.none() | masked(8))
-        kw["icmp_code"] = draw(st.none() | masked(8))
-    if tagged:
-        match = FlowerMatch(
-            ETH_P_8021Q,
-            vlan_id=draw(st.none() | st.integers(0, 4095)),
-            vlan_ethtype=eth,
-            **kw,  # type: ignore[arg-type]
-        )
-    else:
-        match = FlowerMatch(eth, **kw)  # type: ignore[arg-type]
-    action = draw(
-        st.sampled_from(
-            [
-                FlowerAction("pass"),
-                FlowerAction("drop"),
-                FlowerAction("trap", chain=1),
-                FlowerAction("trap", chain=7),
-                FlowerAction("redirect", device="nk-web"),
-                FlowerAction("mirror", device="out0"),
-                FlowerAction("mark", mark=0xDEADBEEF),
-            ]
-        )
-    )
-    cookie = draw(
-        st.none()
-        | st.builds(
-            Cookie,
-            st.sampled_from([ROLE_RULE, ROLE_TRAP, ROLE_CACHE]),
-            st.integers(0, 2**32 - 1),
-            st.none() | st.integers(0, 2**32 - 2),
-            st.integers(0, 2**32 - 1),
-        )
-    )
-    return FlowerFilter(
-        chain=draw(st.integers(0, 3)),
-        prio=draw(st.integers(1, 65535)),
-        handle=draw(st.integers(1, 2**32 - 1)),
-        match=match,
-        action=action,
-        flags=draw(st.sampled_from(["skip_hw", "skip_sw", "none"])),
-        cookie=cookie,
-    )
 
 
 @given(filters())

@@ -18,8 +18,7 @@ from backends.flower.text import (
     to_tc_json,
 )
 from backends.nic_profile import load_profile
-from tests.test_cli import run
-from tests.test_flower import EXAMPLE_PATHS, example_policies
+from tests.fixtures import EXAMPLE_PATHS, example_policies, run
 
 # One real dump from iproute2 6.1 in the guest kernel (trimmed stats), the
 # shape parse_tc_json must read besides flowc's own output.

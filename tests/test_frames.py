@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ir.packet import Packet
-from tests.test_packet_syntax import packets
+from tests.strategies import packets
 from verify.frames import MALFORMED, NOT_IP, frame, hop_by_hop, parse_frame
 
 

@@ -142,3 +142,52 @@ def test_a_private_import_is_caught(tmp_path: Path) -> None:
     (tmp_path / "ir" / "a.py").write_text("from ir.b import _helper, public\n")
     (tmp_path / "ir" / "b.py").write_text("def _helper() -> None: ...\n")
     assert private_imports(tmp_path) == ["ir/a.py:1: ir.a imports ir.b._helper"]
+
+
+def imports_of_test_modules(root: Path) -> list[str]:
+    """Imports of a test module (``tests.test_x``, ``tests.guest.test_y``, or
+    ``from tests import test_x``) anywhere under ``tests/``: what tests share
+    lives in helper modules (tests.strategies, tests.fixtures, tests.netns, ...)."""
+    found = []
+    for path in sorted((root / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ("." * node.level) + (node.module or "")
+                modules = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for module in modules:
+                inside_tests = module.startswith((".", "tests."))
+                if inside_tests and module.split(".")[-1].startswith("test_"):
+                    where = f"{path.relative_to(root)}:{node.lineno}"
+                    found.append(f"{where}: imports the test module {module}")
+                    break
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """Tests share strategies and fixtures through helper modules, never through
+    each other (one test module importing another runs and couples both)."""
+    assert imports_of_test_modules(ROOT) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "from tests.test_flower import EXAMPLE_PATHS\n",
+        "import tests.guest.test_agent_guest\n",
+        "from tests import test_cli\n",
+        "from .test_analysis import rules\n",
+    ],
+)
+def test_a_test_module_import_is_caught(tmp_path: Path, line: str) -> None:
+    """The checker itself: each form of importing a test module is found; helpers are not."""
+    (tmp_path / "tests" / "guest").mkdir(parents=True)
+    (tmp_path / "tests" / "test_a.py").write_text(line)
+    (tmp_path / "tests" / "guest" / "test_b.py").write_text(
+        "from tests.strategies import packets\nfrom tests.guest.helpers import wait_for\n"
+    )
+    assert len(imports_of_test_modules(tmp_path)) == 1

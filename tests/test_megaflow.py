@@ -37,8 +37,8 @@ from ir.megaflow import (
     narrowed,
 )
 from ir.packet import Packet, Point, prerequisites_met
-from tests.test_equivalence import PACKETS, SMALL, cubes
-from tests.test_flower import EXAMPLE_PATHS, example_policies
+from tests.fixtures import EXAMPLE_PATHS, example_policies
+from tests.strategies import PACKETS, SMALL, cubes
 
 SMALL_SHAPES = (
     Shapes("prefix", {"proto": FieldShape(lengths=(0,))}),

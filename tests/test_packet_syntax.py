@@ -4,37 +4,10 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from compiler.packet_syntax import PacketSyntaxError, parse_packet
 from ir.packet import Packet, format_packet
-
-
-@st.composite
-def packets(draw: st.DrawFn) -> Packet:
-    family = draw(st.sampled_from([4, 6]))
-    # IPv6 next-header values 0/43/44/60 are extension headers, never a transport.
-    proto = draw(
-        st.sampled_from([6, 17, 132, 1 if family == 4 else 58, 47, 0 if family == 4 else 59])
-    )
-    fields = {"family": family, "ip_proto": proto}
-    width = 32 if family == 4 else 128
-    prefix = "ip4" if family == 4 else "ip6"
-    fields[f"{prefix}_src"] = draw(st.integers(0, (1 << width) - 1))
-    fields[f"{prefix}_dst"] = draw(st.integers(0, (1 << width) - 1))
-    if proto in (6, 17, 132):
-        fields["sport"] = draw(st.integers(0, 65535))
-        fields["dport"] = draw(st.integers(0, 65535))
-    if proto == 6:
-        fields["tcp_flags"] = draw(st.integers(0, 255))
-    if (family, proto) in ((4, 1), (6, 58)):
-        fields["icmp_type"] = draw(st.integers(0, 255))
-        fields["icmp_code"] = draw(st.integers(0, 255))
-    if draw(st.booleans()):
-        fields["vlan_tagged"] = 1
-        fields["vlan_id"] = draw(st.integers(0, 4095))
-    fields["dscp"] = draw(st.integers(0, 63))
-    return Packet.make(**fields)
+from tests.strategies import packets
 
 
 @given(packets())

@@ -12,7 +12,7 @@ from compiler.frontend import compile_file, compile_source
 from compiler.packet_syntax import parse_packet
 from ir.diff import diff_policies
 from ir.interp import evaluate
-from tests.test_flower import EXAMPLE_PATHS
+from tests.fixtures import EXAMPLE_PATHS
 
 WEB = Path(__file__).resolve().parent.parent / "examples" / "web-tier.fw"
 

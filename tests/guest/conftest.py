@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.guest.helpers import Pace, calibrate
 from tests.netns import Pair, inside, veth_pair
 
 __all__ = ["Pair", "inside", "sh"]
@@ -40,3 +41,10 @@ def sh(*cmd: str) -> subprocess.CompletedProcess[str]:
 def pair() -> Iterator[Pair]:
     with veth_pair("fg", "10.198.0.1", "10.198.0.2") as p:
         yield p
+
+
+@pytest.fixture(scope="session", autouse=IN_GUEST)
+def pace() -> Pace:
+    """The guest's pace: one bcc compile timed before any test's timed wait
+    (tests.guest.helpers); every wait in this tier scales from it."""
+    return calibrate()

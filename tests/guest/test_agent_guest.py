@@ -16,13 +16,9 @@ metrics endpoint and its structured log:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,13 +28,11 @@ import pytest
 from backends.flower.rules import ROLE_CACHE
 from runtime import tc_attach
 from runtime.agent.metrics import Status, read_status
-from runtime.flower_installer import FlowerInstaller
 from runtime.flower_netlink import InstalledFilter
 from tests.guest.conftest import Pair, inside
+from tests.guest.helpers import METRICS, AgentProcess, device_filters, pace, wait_for
 from tests.netns import received, send_udp
 
-REPO = Path(__file__).resolve().parent.parent.parent
-METRICS = "127.0.0.1:9468"
 POLICY = """\
 policy edge ingress on {dev} {{
     default drop
@@ -48,60 +42,6 @@ policy edge ingress on {dev} {{
     drop udp dport 6000
 }}
 """
-START_TIMEOUT_S = 240  # bcc compiles in an emulated CPU
-WAIT_S = 60
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    """Poll ``check`` until it returns something truthy (bounded in time)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-class AgentProcess:
-    """``flowc agent`` running in namespace B, its JSON log collected."""
-
-    def __init__(self, pair: Pair, policy: Path, log: Path, *extra: str) -> None:
-        self.log_path = log
-        self.log = log.open("w")
-        cmd = [
-            "ip", "netns", "exec", pair.ns_b,
-            sys.executable, "-m", "cli.main", "agent",
-            "--policy", str(policy), "--no-proactive", "--max-idle", "3",
-            "--poll-interval", "0.5", "--metrics-addr", METRICS, *extra,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stderr=self.log, stdout=subprocess.DEVNULL)
-        wait_for(
-            "the agent to start", lambda: self.events("started") or self.dead(), START_TIMEOUT_S
-        )
-        assert self.proc.poll() is None, self.log_path.read_text()
-
-    def dead(self) -> bool:
-        return self.proc.poll() is not None
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("event") == name:
-                out.append(record)
-        return out
-
-    def signal(self, signum: int) -> int | None:
-        self.proc.send_signal(signum)
-        if signum in (signal.SIGTERM, signal.SIGKILL):
-            code = self.proc.wait(timeout=60)
-            self.log.close()
-            return code
-        return None
 
 
 @pytest.fixture
@@ -118,16 +58,11 @@ def listeners(pair: Pair) -> Iterator[dict[int, socket.socket]]:
         for port in (5000, 5001, 6000):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((pair.addr_b, port))
-            s.settimeout(0.3)
+            s.settimeout(pace().scaled(0.3))
             socks[port] = s
     yield socks
     for s in socks.values():
         s.close()
-
-
-def device_filters(pair: Pair) -> list[InstalledFilter]:
-    with inside(pair.ns_b), FlowerInstaller(pair.dev_b, "ingress") as inst:
-        return inst.dump()
 
 
 def cache_rules(pair: Pair, rule_text: str, status: Status) -> list[InstalledFilter]:
@@ -179,7 +114,7 @@ def test_agent_end_to_end(
         wait_for("cache counts in the metrics", lambda: rule_status(
             pair, "allow udp dport 5000").packets.get("cache", 0) >= 5)  # fmt: skip
         assert rule_status(pair, "allow udp dport 5000").packets["slow"] == 1
-        # 3. idle eviction (max idle 3 s)
+        # 3. idle eviction (max idle: helpers.max_idle(), 10 s on an unloaded guest)
         wait_for("idle eviction", lambda: not cache_rules(
             pair, "allow udp dport 5000", status(pair)), timeout=30)  # fmt: skip
         assert status(pair).evictions["idle"] >= 1

@@ -24,7 +24,7 @@ from compiler.packet_syntax import parse_packet
 from ir.model import Policy
 from runtime.flower_installer import FlowerInstaller
 from tests.guest.conftest import Pair, inside
-from tests.guest.test_flower_guest import send_frames, target_devices
+from tests.guest.helpers import send_frames, target_devices
 from verify.frames import frame
 
 WEB = Path(__file__).resolve().parent.parent.parent / "examples" / "web-tier.fw"

@@ -22,48 +22,21 @@ import pytest
 from backends.flower import lowering as flower
 from backends.flower.rules import FlowerFilter, classify, ordered
 from backends.flower.text import parse_tc_json, to_tc_batch
-from compiler.frontend import compile_file, compile_source
+from compiler.frontend import compile_source
 from ir.analysis import region_witnesses
 from ir.interp import evaluate
-from ir.model import MIRROR, REDIRECT, Policy
 from ir.packet import Packet
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
+from tests.fixtures import EXAMPLE_PATHS
 from tests.guest.conftest import Pair, inside, sh
+from tests.guest.helpers import pace, policies, send_frames, target_devices
 from verify.frames import frame
-
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
-EXAMPLE_PATHS = sorted([*EXAMPLES.glob("*.fw"), EXAMPLES / "multi-file" / "main.fw"])
-
-
-def policies(path: Path) -> tuple[Policy, ...]:
-    result = compile_file(str(path))
-    assert result.program is not None
-    return result.program.policies
-
-
-def target_devices(policy: Policy) -> set[str]:
-    return {
-        r.action.device
-        for r in policy.rules
-        if r.action.kind in (REDIRECT, MIRROR) and r.action.device is not None
-    }
 
 
 def plain(filters: list[FlowerFilter] | tuple[FlowerFilter, ...]) -> list[FlowerFilter]:
     return sorted(
         (dataclasses.replace(f, origin=None) for f in filters), key=lambda f: (f.prio, f.handle)
     )
-
-
-def send_frames(pair: Pair, frames: list[bytes]) -> None:
-    with inside(pair.ns_a):
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        s.bind((pair.dev_a, 0))
-    try:
-        for data in frames:
-            s.send(data)
-    finally:
-        s.close()
 
 
 @pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
@@ -147,11 +120,11 @@ def test_verdicts_seen_from_outside(pair: Pair) -> None:
         for port in (5000, 5001, 5003, 6000):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("10.198.0.2", port))
-            s.settimeout(0.5)
+            s.settimeout(pace().scaled(0.5))
             listeners[port] = s
         sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
         sniff.bind((peer, 0))
-        sniff.settimeout(0.5)
+        sniff.settimeout(pace().scaled(0.5))
         with FlowerInstaller(pair.dev_b, "ingress") as inst:
             inst.install(program.filters)
             # A static neighbour entry: the UDP sends below must not wait on ARP.

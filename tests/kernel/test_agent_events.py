@@ -11,7 +11,7 @@ hook with real flower (tests/guest/test_agent_guest.py).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -66,16 +66,33 @@ def clock() -> Clock:
     return Clock()
 
 
-def make_agent(policy: Policy, model: NicModel, clock: Clock, **config: object) -> Iterator[Agent]:
-    settings = {"proactive": False, "dedup_ns": 0, **config}
-    cfg = AgentConfig(
-        device="lo", direction="ingress", profile=model.profile,
-        cache=CacheConfig(max_insert_rate=None), **settings,  # type: ignore[arg-type]
-    )  # fmt: skip
-    holder = {"policy": policy}
-    agent = Agent(cfg, lambda: holder["policy"], clock=clock, installer=model, attach=False)
-    agent.start()
-    yield agent
+MakeAgent = Callable[..., Agent]
+
+
+@pytest.fixture
+def make_agent() -> Iterator[MakeAgent]:
+    """A factory of started agents (``make_agent(policy, model, clock, **config)``);
+    teardown closes the slow path of every agent it made, whatever the test did,
+    so a failing test leaks no loaded program."""
+    made: list[Agent] = []
+
+    def make(policy: Policy, model: NicModel, clock: Clock, **config: object) -> Agent:
+        settings = {"proactive": False, "dedup_ns": 0, **config}
+        cfg = AgentConfig(
+            device="lo", direction="ingress", profile=model.profile,
+            cache=CacheConfig(max_insert_rate=None), **settings,  # type: ignore[arg-type]
+        )  # fmt: skip
+        holder = {"policy": policy}
+        agent = Agent(cfg, lambda: holder["policy"], clock=clock, installer=model, attach=False)
+        made.append(agent)
+        agent.start()
+        return agent
+
+    yield make
+    for agent in made:
+        if agent.slow_path is not None:
+            agent.slow_path.close()
+            agent.slow_path = None
 
 
 def feed(agent: Agent, packets: list[Packet]) -> None:
@@ -92,10 +109,10 @@ def flowc_filters(model: NicModel) -> list[object]:
     return [i.filter for i in model.dump() if i.filter.cookie is not None]
 
 
-def test_events_become_sound_cache_rules(clock: Clock) -> None:
+def test_events_become_sound_cache_rules(clock: Clock, make_agent: MakeAgent) -> None:
     policy = compiled(POLICY)
     model = NicModel(load_profile("software"), clock=clock)
-    agent = next(make_agent(policy, model, clock))
+    agent = make_agent(policy, model, clock)
     packets = [udp(i, port) for i in range(20) for port in (5000, 5001, 6000, 7000)]
     feed(agent, packets)
     assert agent.queue.received == len(packets)
@@ -113,10 +130,10 @@ def test_events_become_sound_cache_rules(clock: Clock) -> None:
     assert flowc_filters(model) == []
 
 
-def test_event_storm_is_cut_and_counted(clock: Clock) -> None:
+def test_event_storm_is_cut_and_counted(clock: Clock, make_agent: MakeAgent) -> None:
     policy = compiled(POLICY)
     model = NicModel(load_profile("software"), clock=clock)
-    agent = next(make_agent(policy, model, clock, queue_size=8))
+    agent = make_agent(policy, model, clock, queue_size=8)
     assert agent.slow_path is not None
     storm = [udp(i, 5000) for i in range(50)]
     for p in [*storm, storm[0]]:
@@ -132,10 +149,10 @@ def test_event_storm_is_cut_and_counted(clock: Clock) -> None:
     agent.stop()
 
 
-def test_update_revalidates_and_restart_adopts(clock: Clock) -> None:
+def test_update_revalidates_and_restart_adopts(clock: Clock, make_agent: MakeAgent) -> None:
     policy = compiled(POLICY)
     model = NicModel(load_profile("software"), clock=clock)
-    agent = next(make_agent(policy, model, clock))
+    agent = make_agent(policy, model, clock)
     feed(agent, [udp(1, 5000), udp(2, 5001)])
     assert agent.cache is not None and agent.cache.occupancy == 2
     new = compiled(POLICY.replace("allow udp dport 5001", "drop udp dport 5001"))
@@ -152,7 +169,7 @@ def test_update_revalidates_and_restart_adopts(clock: Clock) -> None:
     assert after is not None and after.action == action_for(new.rules[2].action)
     before_crash = flowc_filters(model)
     # Crash: no stop. A new agent on the same table adopts and cleans up.
-    again = next(make_agent(new, model, clock))
+    again = make_agent(new, model, clock)
     assert again.generation == 3
     assert again.cache is not None and again.cache.stats["adopted"] == 2
     now = flowc_filters(model)
@@ -160,15 +177,15 @@ def test_update_revalidates_and_restart_adopts(clock: Clock) -> None:
     assert [f.prio for f in now if f.cookie.role == ROLE_CUTOFF] == [CATCH_ALL_PRIO]  # type: ignore[attr-defined]
     again.stop()
     assert flowc_filters(model) == []
-    if agent.slow_path is not None:
-        agent.slow_path.close()
 
 
-def test_proactive_filters_sit_between_guard_and_catch_all(clock: Clock) -> None:
+def test_proactive_filters_sit_between_guard_and_catch_all(
+    clock: Clock, make_agent: MakeAgent
+) -> None:
     policy = compiled(POLICY)
     profile = dataclasses.replace(load_profile("software"), max_rules=1000)
     model = NicModel(profile, clock=clock)
-    agent = next(make_agent(policy, model, clock, proactive=True))
+    agent = make_agent(policy, model, clock, proactive=True)
     prios = sorted({f.prio for f in flowc_filters(model)})  # type: ignore[attr-defined]
     assert prios[0] > GUARD_PRIO and prios[-1] == CATCH_ALL_PRIO
     assert agent.cache is not None and agent.cache.capacity == (1000 - 2) // 2

@@ -27,14 +27,14 @@ from ir.packet import Packet
 from runtime.testrun import TestRunError
 from runtime.testrun import test_run as kernel_run
 from tests.conftest import CORPORA, EXAMPLES
+from tests.fixtures import EXAMPLE_PATHS
 from tests.kernel.conftest import Loaded, inside
-from tests.test_packet_syntax import packets
+from tests.strategies import packets
 from verify.bpf import expected, on_the_wire
 from verify.frames import MALFORMED, NOT_IP, frame, hop_by_hop, parse_frame
 
 pytestmark = pytest.mark.kernel
 
-EXAMPLE_PATHS = sorted([*EXAMPLES.glob("*.fw"), EXAMPLES / "multi-file" / "main.fw"])
 STRATEGIES = ("bitvec", "bitvec-memo", "chain")
 
 

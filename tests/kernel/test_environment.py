@@ -17,7 +17,11 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="kernel tier needs roo
 def test_kernel_headers_are_where_bcc_looks() -> None:
     build = Path("/lib/modules") / platform.release() / "build"
     assert (build / "Makefile").exists(), f"{build} has no kernel headers (run scripts/setup.sh)"
-    assert (build / "include" / "generated").exists() or (build / "include").exists()
+    # bcc reads the kernel configuration from the build tree's generated headers
+    # and includes kconfig.h from the source tree (the -common headers).
+    assert (build / "include" / "generated" / "autoconf.h").exists(), f"{build}: no autoconf.h"
+    source = build.parent / "source"
+    assert (source / "include" / "linux" / "kconfig.h").exists(), f"{source}: no kconfig.h"
 
 
 @needs_root
