@@ -10,70 +10,13 @@ compares every TCA_*/TC_*/RTM_*/NLM*/ETH_P_* number flowc uses, by name.
 
 from __future__ import annotations
 
-import glob
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-HEADER_DIRS = sorted(glob.glob("/usr/src/linux-headers-*-common/include/uapi/linux"))
-HEADERS = (
-    "pkt_cls.h",
-    "pkt_sched.h",
-    "rtnetlink.h",
-    "netlink.h",
-    "if_ether.h",
-    "tc_act/tc_gact.h",
-    "tc_act/tc_mirred.h",
-    "tc_act/tc_skbedit.h",
-)
-_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
-_SUFFIX = re.compile(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]+\b")
-_ENUM = re.compile(r"\benum\b[^{;]*\{(.*?)\}", re.S)
-_DEFINE = re.compile(r"^#define[ \t]+(\w+)(\([\w, ]*\))?[ \t]*(.*)$", re.M)
-
-
-def _expr(text: str) -> str:
-    return _SUFFIX.sub(r"\1", text.replace("\\\n", " ")).strip()
-
-
-def uapi_numbers(root: Path) -> dict[str, int]:
-    """Every enum member and integer #define of HEADERS under ``root``, by name."""
-    names: dict[str, Any] = {}
-    defines: list[tuple[str, str | None, str]] = []
-    for header in HEADERS:
-        text = _COMMENT.sub(" ", (root / header).read_text())
-        for body in _ENUM.findall(text):
-            body = re.sub(r"^[ \t]*#.*$", "", body, flags=re.M)  # defines inside an enum
-            previous = None
-            for item in body.split(","):
-                name, _, expr = (part.strip() for part in item.partition("="))
-                if not name:
-                    continue
-                # a member without a value is the previous one's plus one
-                value = expr or (f"({previous}) + 1" if previous else "0")
-                defines.append((name, None, value))
-                previous = name
-        defines += [(m[0], m[1] or None, m[2]) for m in _DEFINE.findall(text)]
-    pending = [d for d in defines if d[2] and d[2] != d[0]]
-    while pending:  # a define may use one defined later in the file or another header
-        left = []
-        for name, params, body in pending:
-            try:
-                if params:
-                    args = params.strip("()")
-                    names[name] = eval(f"lambda {args}: {_expr(body)}", names)
-                else:
-                    value = eval(_expr(body), names)
-                    if isinstance(value, int):
-                        names[name] = value
-            except (NameError, SyntaxError, TypeError):
-                left.append((name, params, body))
-        if len(left) == len(pending):
-            break  # the rest are not integer expressions (types, strings, ...)
-        pending = left
-    return {k: v for k, v in names.items() if isinstance(v, int) and not isinstance(v, bool)}
+from tests.uapi import HEADER_DIRS, header_numbers, uapi_numbers
 
 
 def flowc_numbers() -> dict[str, dict[str, int]]:
@@ -82,6 +25,7 @@ def flowc_numbers() -> dict[str, dict[str, int]]:
     each module's named constants. Point this at new tables when they move
     (a flower key registry, say); the test below needs no change."""
     from backends import targets
+    from backends.flower.keys import key_attributes
     from runtime import flower_netlink as fn
     from runtime import flower_wire, netlink
 
@@ -97,6 +41,7 @@ def flowc_numbers() -> dict[str, dict[str, int]]:
         }
 
     return {
+        "backends.flower.keys (TCA_FLOWER_KEY_*)": {a.name: a.number for a in key_attributes()},
         "flower_tcmsg (TCA_*)": table(fn.flower_tcmsg.nla_map),
         "flower_options (TCA_FLOWER_*)": table(fn.flower_options.nla_map),
         "tca_act (TCA_ACT_*)": table(fn.tca_act_prio.tca_act.nla_map),
@@ -118,6 +63,21 @@ def test_the_evaluator_reads_known_numbers() -> None:
     assert numbers["TCA_KIND"] == 1 and numbers["TCA_FLOWER_CLASSID"] == 1
     assert numbers["RTM_NEWTFILTER"] == 44 and numbers["TC_ACT_SHOT"] == 2
     assert numbers["TC_H_CLSACT"] == 0xFFFFFFF1 and numbers["TC_ACT_GOTO_CHAIN"] == 2 << 28
+
+
+def test_the_evaluator_reads_positions_and_explicit_values() -> None:
+    text = "enum {\n\tTCA_FLOWER_UNSPEC,\n\tTCA_FLOWER_A, /* x, y */\n\tTCA_FLOWER_B = 7,\n"
+    text += (
+        "\tTCA_FLOWER_C,\n\t__TCA_FLOWER_MAX,\n};\n#define TCA_FLOWER_MAX (__TCA_FLOWER_MAX - 1)\n"
+    )
+    numbers = header_numbers([text])
+    assert {k: v for k, v in numbers.items() if not k.startswith("__")} == {
+        "TCA_FLOWER_UNSPEC": 0,
+        "TCA_FLOWER_A": 1,
+        "TCA_FLOWER_B": 7,
+        "TCA_FLOWER_C": 8,
+        "TCA_FLOWER_MAX": 8,
+    }
 
 
 @pytest.mark.parametrize("headers", HEADER_DIRS or ["(none)"])
