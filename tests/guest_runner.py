@@ -29,6 +29,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -141,9 +142,18 @@ def run_guest(cmd: list[str], env: dict[str, str], rwdir: Path) -> tuple[int | N
     return proc.returncode, stdout, stderr
 
 
-def debian_kernel() -> str | None:
-    """The newest Debian -amd64 kernel image in /boot, if any."""
-    images = sorted(glob.glob("/boot/vmlinuz-*-amd64"))
+GUEST_KERNEL_SERIES = "6.1."
+"""The guest tier boots Debian 12's own kernel series (linux-image-amd64). A newer
+kernel beside it (bookworm-backports' 6.12, which has netkit) is not picked up
+by accident: Debian 12's bcc 0.26 cannot compile against 6.12's headers
+(include/linux/bpf.h needs struct bpf_wq and bpf_rb_root, which bcc's bundled
+uapi bpf.h lacks), measured in the guest."""
+
+
+def debian_kernel(series: str = GUEST_KERNEL_SERIES) -> str | None:
+    """The newest Debian -amd64 kernel image of ``series`` in /boot, if any."""
+    images = glob.glob(f"/boot/vmlinuz-{series}*-amd64")
+    images.sort(key=lambda path: [int(n) for n in re.findall(r"\d+", path)])
     return images[-1] if images else None
 
 
