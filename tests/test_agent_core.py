@@ -31,7 +31,6 @@ from backends.flower.rules import (
     action_for,
 )
 from backends.nic_profile import load_profile
-from compiler.frontend import compile_source
 from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
@@ -42,38 +41,10 @@ from runtime.agent.priorities import PLAN
 from runtime.agent.slow_path_model import SlowPathModel
 from runtime.flow_cache import CacheConfig
 from runtime.nic_model import NicModel
+from tests.fixtures import AGENT_POLICY, FakeClock, compiled, udp
 
-POLICY = """
-policy t ingress on lo {
-    default drop
-    allow udp dport 5000
-    allow udp dport 5001
-    drop udp dport 6000
-    allow tcp from 10.1.0.0/16 dport 80
-}
-"""
+POLICY = AGENT_POLICY
 UPDATED = POLICY.replace("allow udp dport 5001", "drop udp dport 5001")
-
-
-def compiled(text: str) -> Policy:
-    result = compile_source(text, "agent.fw")
-    assert result.program is not None, result.diagnostics
-    return result.program.policies[0]
-
-
-def udp(i: int, dport: int) -> Packet:
-    return Packet.make(
-        family=4, ip_proto=17, ip4_src=0x0A000000 + i, ip4_dst=0x0A630001, sport=1024 + i,
-        dport=dport,
-    )  # fmt: skip
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Host:
@@ -87,7 +58,7 @@ class Host:
         slow_path: Callable[..., SlowPathModel] = SlowPathModel,
         **config: object,
     ) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock()
         profile = dataclasses.replace(load_profile("software"), max_rules=200)
         self.model = model or NicModel(profile, clock=self.clock)
         self.policy = policy

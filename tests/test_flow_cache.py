@@ -25,17 +25,10 @@ from ir.model import Action, Match, Policy
 from ir.packet import Packet
 from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
 from runtime.nic_model import NicModel
+from tests.fixtures import FakeClock
 from tests.strategies import make_policy, packets, rules
 
 WEB = Path(__file__).resolve().parent.parent / "examples" / "web-tier.fw"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def web_policy(text: str | None = None) -> Policy:
@@ -65,8 +58,8 @@ def setup(
     *,
     profile_overrides: dict[str, str] | None = None,
     **config: Any,
-) -> tuple[FlowCache, NicModel, Clock]:
-    clock = Clock()
+) -> tuple[FlowCache, NicModel, FakeClock]:
+    clock = FakeClock()
     profile = load_profile("software", profile_overrides or {})
     model = NicModel(profile, clock=clock)
     cache = FlowCache(

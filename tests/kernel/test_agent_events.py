@@ -17,7 +17,6 @@ import pytest
 
 from backends.flower.rules import ROLE_CACHE, ROLE_CUTOFF, action_for
 from backends.nic_profile import load_profile
-from compiler.frontend import compile_source
 from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
@@ -25,45 +24,17 @@ from runtime.agent.core import CATCH_ALL_PRIO, GUARD_PRIO, Agent, AgentConfig
 from runtime.flow_cache import CacheConfig
 from runtime.nic_model import NicModel
 from runtime.testrun import test_run as run_frame
+from tests.fixtures import AGENT_POLICY, FakeClock, compiled, udp
 from verify.frames import frame
 
 pytestmark = pytest.mark.kernel
 
-POLICY = """
-policy t ingress on lo {
-    default drop
-    allow udp dport 5000
-    allow udp dport 5001
-    drop udp dport 6000
-    allow tcp from 10.1.0.0/16 dport 80
-}
-"""
-
-
-def compiled(text: str) -> Policy:
-    result = compile_source(text, "agent.fw")
-    assert result.program is not None, result.diagnostics
-    return result.program.policies[0]
-
-
-def udp(i: int, dport: int) -> Packet:
-    return Packet.make(
-        family=4, ip_proto=17, ip4_src=0x0A000000 + i, ip4_dst=0x0A630001, sport=1024 + i,
-        dport=dport,
-    )  # fmt: skip
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+POLICY = AGENT_POLICY
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 MakeAgent = Callable[..., Agent]
@@ -76,7 +47,7 @@ def make_agent() -> Iterator[MakeAgent]:
     so a failing test leaks no loaded program."""
     made: list[Agent] = []
 
-    def make(policy: Policy, model: NicModel, clock: Clock, **config: object) -> Agent:
+    def make(policy: Policy, model: NicModel, clock: FakeClock, **config: object) -> Agent:
         settings = {"proactive": False, "dedup_ns": 0, **config}
         cfg = AgentConfig(
             device="lo", direction="ingress", profile=model.profile,
@@ -109,7 +80,7 @@ def flowc_filters(model: NicModel) -> list[object]:
     return [i.filter for i in model.dump() if i.filter.cookie is not None]
 
 
-def test_events_become_sound_cache_rules(clock: Clock, make_agent: MakeAgent) -> None:
+def test_events_become_sound_cache_rules(clock: FakeClock, make_agent: MakeAgent) -> None:
     policy = compiled(POLICY)
     model = NicModel(load_profile("software"), clock=clock)
     agent = make_agent(policy, model, clock)
@@ -130,7 +101,7 @@ def test_events_become_sound_cache_rules(clock: Clock, make_agent: MakeAgent) ->
     assert flowc_filters(model) == []
 
 
-def test_event_storm_is_cut_and_counted(clock: Clock, make_agent: MakeAgent) -> None:
+def test_event_storm_is_cut_and_counted(clock: FakeClock, make_agent: MakeAgent) -> None:
     policy = compiled(POLICY)
     model = NicModel(load_profile("software"), clock=clock)
     agent = make_agent(policy, model, clock, queue_size=8)
@@ -149,7 +120,7 @@ def test_event_storm_is_cut_and_counted(clock: Clock, make_agent: MakeAgent) -> 
     agent.stop()
 
 
-def test_update_revalidates_and_restart_adopts(clock: Clock, make_agent: MakeAgent) -> None:
+def test_update_revalidates_and_restart_adopts(clock: FakeClock, make_agent: MakeAgent) -> None:
     policy = compiled(POLICY)
     model = NicModel(load_profile("software"), clock=clock)
     agent = make_agent(policy, model, clock)
@@ -180,7 +151,7 @@ def test_update_revalidates_and_restart_adopts(clock: Clock, make_agent: MakeAge
 
 
 def test_proactive_filters_sit_between_guard_and_catch_all(
-    clock: Clock, make_agent: MakeAgent
+    clock: FakeClock, make_agent: MakeAgent
 ) -> None:
     policy = compiled(POLICY)
     profile = dataclasses.replace(load_profile("software"), max_rules=1000)
