@@ -9,6 +9,7 @@ driven to their edge.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -354,15 +355,7 @@ def test_restart_moves_no_ethertype_onto_an_adopted_priority() -> None:
     cache, model, clock = setup(policy, max_insert_rate=None)
     assert cache.on_miss(tcp("192.0.2.1", "10.0.0.1", 40000, 80).values) == "installed"
     (entry,) = cache.entries.values()
-    moved = FlowerFilter(
-        0,
-        PLAN.cache.at(1),
-        entry.filter.handle,
-        entry.filter.match,
-        entry.filter.action,
-        entry.filter.flags,
-        entry.filter.cookie,
-    )
+    moved = dataclasses.replace(entry.filter, prio=PLAN.cache.at(1))
     model.delete([entry.filter])
     model.add([moved])
     restarted = FlowCache(policy, model.profile, model, CacheConfig(), clock=clock)
@@ -379,15 +372,7 @@ def test_restart_deletes_cache_rules_outside_the_cache_priorities() -> None:
     cache, model, clock = setup(max_insert_rate=None)
     cache.on_miss(tcp("198.51.100.7", "10.10.1.11", 40000, 8080).values)
     (entry,) = cache.entries.values()
-    at_guard = FlowerFilter(
-        0,
-        PLAN.guard,
-        entry.filter.handle,
-        entry.filter.match,
-        entry.filter.action,
-        entry.filter.flags,
-        entry.filter.cookie,
-    )
+    at_guard = dataclasses.replace(entry.filter, prio=PLAN.guard)
     model.delete([entry.filter])
     model.add([at_guard])
     restarted = FlowCache(cache.policy, model.profile, model, CacheConfig(), clock=clock)

@@ -305,3 +305,15 @@ def loaded_programs() -> set[int]:
 
 
 BPF_PROG_GET_NEXT_ID = 11
+
+
+EDGE_POLICY = """\
+policy edge ingress on {dev} {{
+    default drop
+    allow icmp
+    allow udp dport 5000
+    allow udp dport 5001
+    drop udp dport 6000
+}}
+"""
+"""The agent's guest-tier policy (``.format(dev=...)`` names the hook's device)."""

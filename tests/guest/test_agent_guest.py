@@ -30,18 +30,10 @@ from runtime import tc_attach
 from runtime.agent.metrics import Status, read_status
 from runtime.flower_netlink import InstalledFilter
 from tests.guest.conftest import Pair, inside
-from tests.guest.helpers import METRICS, AgentProcess, device_filters, pace, wait_for
+from tests.guest.helpers import EDGE_POLICY, METRICS, AgentProcess, device_filters, pace, wait_for
 from tests.netns import received, send_udp
 
-POLICY = """\
-policy edge ingress on {dev} {{
-    default drop
-    allow icmp
-    allow udp dport 5000
-    allow udp dport 5001
-    drop udp dport 6000
-}}
-"""
+POLICY = EDGE_POLICY
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from runtime.flower_installer import FlowerInstaller
 from tests.fixtures import EXAMPLES
 from tests.guest.conftest import Pair, inside
 from tests.guest.helpers import (
+    EDGE_POLICY,
     METRICS,
     REPO,
     AgentProcess,
@@ -119,15 +120,7 @@ def test_installer_a_b_a_leaves_a(
     assert canonical_dump(pair.ns_b, pair.dev_b) == empty
 
 
-POLICY_A = """\
-policy edge ingress on {dev} {{
-    default drop
-    allow icmp
-    allow udp dport 5000
-    allow udp dport 5001
-    drop udp dport 6000
-}}
-"""
+POLICY_A = EDGE_POLICY
 # B flips one verdict and adds a rule at the end (so A's rule numbers keep
 # their meaning, and the slow path may have to change shape).
 POLICY_B = POLICY_A.replace("allow udp dport 5001", "drop udp dport 5001").replace(
