@@ -21,7 +21,6 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 
 from ir.algebra import (
@@ -392,24 +391,6 @@ def _later_decides_same(
         if any(covered_by(space, x, cover, FRAGMENT_LIMIT) is not True for x in touching):
             deciders.append(rules[t])
     return tuple(deciders)
-
-
-def overlap_graph(policy: Policy, space: Space = HEADER_SPACE) -> nx.DiGraph[int]:
-    """Directed graph over rule priorities: an edge a -> b when a < b and they overlap.
-
-    Nodes carry ``rule`` attributes. Used to reason about which rules can
-    interfere (the offload partitioner's "everything above it that it overlaps").
-    """
-    rules = policy.rules
-    cubes = [r.match.cube for r in rules]
-    index = OverlapIndex(space, cubes)
-    graph: nx.DiGraph[int] = nx.DiGraph()
-    for i, rule in enumerate(rules):
-        graph.add_node(rule.priority, rule=rule)
-        for c in index.candidates(i, 0, i):
-            if _meets(space, cubes[c], cubes[i]):
-                graph.add_edge(rules[c].priority, rule.priority)
-    return graph
 
 
 def region_witnesses(

@@ -9,7 +9,6 @@ as its first match" is exactly "r is shadowed".
 
 from __future__ import annotations
 
-import itertools
 import random
 
 from hypothesis import given
@@ -163,18 +162,6 @@ def test_drop_unreachable_keeps_every_verdict(specs: list, default: str) -> None
         before, after = evaluate(policy, packet), evaluate(slim, packet)
         assert before.action == after.action
         assert before.rule.origin == after.rule.origin
-
-
-@given(st.lists(rules(), min_size=1, max_size=6))
-def test_overlap_graph_matches_brute_force(specs: list) -> None:
-    policy = make_policy(specs, "drop")
-    graph = analysis.overlap_graph(policy)
-    expected = {
-        (a.priority, b.priority)
-        for a, b in itertools.combinations(policy.rules, 2)
-        if any(a.match.matches(p.values) and b.match.matches(p.values) for p in REPS)
-    }
-    assert set(graph.edges) == expected
 
 
 def test_single_shadowing_rule_is_named() -> None:
