@@ -43,8 +43,7 @@ from runtime.flow_cache import CacheConfig
 from runtime.nic_model import NicModel
 from tests.fixtures import AGENT_POLICY, FakeClock, compiled, udp
 
-POLICY = AGENT_POLICY
-UPDATED = POLICY.replace("allow udp dport 5001", "drop udp dport 5001")
+UPDATED = AGENT_POLICY.replace("allow udp dport 5001", "drop udp dport 5001")
 
 
 class Host:
@@ -114,7 +113,7 @@ TRAFFIC = [udp(i, port) for i in range(10) for port in (5000, 5001, 6000, 7000)]
 
 
 def test_start_installs_the_catch_all_and_no_guard() -> None:
-    host = Host(compiled(POLICY))
+    host = Host(compiled(AGENT_POLICY))
     host.agent.start()
     assert host.agent.generation == 1
     assert [(f.chain, f.prio) for f in host.flowc_filters()] == [(0, CATCH_ALL_PRIO)]
@@ -123,7 +122,7 @@ def test_start_installs_the_catch_all_and_no_guard() -> None:
 
 
 def test_proactive_filters_sit_between_guard_and_catch_all() -> None:
-    host = Host(compiled(POLICY), proactive=True)
+    host = Host(compiled(AGENT_POLICY), proactive=True)
     host.agent.start()
     prios = sorted({f.prio for f in host.flowc_filters()})
     assert prios[0] == PLAN.proactive.first and prios[-1] == CATCH_ALL_PRIO
@@ -132,7 +131,7 @@ def test_proactive_filters_sit_between_guard_and_catch_all() -> None:
 
 
 def test_misses_become_sound_cache_rules_and_the_nic_takes_the_rest() -> None:
-    host = Host(compiled(POLICY))
+    host = Host(compiled(AGENT_POLICY))
     host.agent.start()
     first = host.send(TRAFFIC)
     assert all(f is None for f in first[:4])  # each verdict region's first flow misses
@@ -148,7 +147,7 @@ def test_misses_become_sound_cache_rules_and_the_nic_takes_the_rest() -> None:
 
 
 def test_update_deletes_the_changed_regions_rules_and_keeps_the_others() -> None:
-    host = Host(compiled(POLICY))
+    host = Host(compiled(AGENT_POLICY))
     host.agent.start()
     host.send([udp(1, 5000), udp(2, 5001)])
     before = {f.match.dst_port: f for f in host.by_role(ROLE_CACHE)}
@@ -169,7 +168,7 @@ def test_update_deletes_the_changed_regions_rules_and_keeps_the_others() -> None
 
 
 def test_a_stale_event_installs_nothing() -> None:
-    host = Host(compiled(POLICY))
+    host = Host(compiled(AGENT_POLICY))
     host.agent.start()
     host.loaded[-1].receive(udp(2, 5001))  # decided under generation 1, still in the ring
     host.policy = compiled(UPDATED)
@@ -187,7 +186,7 @@ class ReshapingSlowPath(SlowPathModel):
 
 
 def test_a_policy_that_changes_the_maps_loads_a_new_slow_path() -> None:
-    host = Host(compiled(POLICY), slow_path=ReshapingSlowPath)
+    host = Host(compiled(AGENT_POLICY), slow_path=ReshapingSlowPath)
     host.agent.start()
     first = host.loaded[-1]
     host.policy = compiled(UPDATED)
@@ -200,7 +199,7 @@ def test_a_policy_that_changes_the_maps_loads_a_new_slow_path() -> None:
 
 @pytest.mark.parametrize("broken", [True, False])
 def test_reload_keeps_the_running_policy_on_errors_or_no_change(broken: bool) -> None:
-    host = Host(compiled(POLICY))
+    host = Host(compiled(AGENT_POLICY))
     host.agent.start()
     host.send([udp(1, 5000)])
     filters = host.flowc_filters()
@@ -229,7 +228,7 @@ def flowc_layout(host: Host) -> list[tuple[int, int, int, CookieRole]]:
 
 @pytest.mark.parametrize("proactive", [False, True])
 def test_restart_adopts_sound_rules_deletes_the_rest_and_doubles_nothing(proactive: bool) -> None:
-    old = Host(compiled(POLICY))
+    old = Host(compiled(AGENT_POLICY))
     old.agent.start()
     old.send([udp(1, 5000), udp(2, 5001), udp(3, 6000)])
     cache = old.by_role(ROLE_CACHE)
@@ -257,7 +256,9 @@ def test_restart_adopts_sound_rules_deletes_the_rest_and_doubles_nothing(proacti
 def test_stop_removes_every_flowc_filter_and_releases_the_slow_path() -> None:
     # A proactive budget of ten filters: the rest of the policy traps and gets cached.
     host = Host(
-        compiled(POLICY), proactive=True, cache=CacheConfig(max_insert_rate=None, capacity=188)
+        compiled(AGENT_POLICY),
+        proactive=True,
+        cache=CacheConfig(max_insert_rate=None, capacity=188),
     )
     host.agent.start()
     host.send(TRAFFIC)
@@ -269,7 +270,7 @@ def test_stop_removes_every_flowc_filter_and_releases_the_slow_path() -> None:
 
 
 def test_stop_with_keep_leaves_the_rules() -> None:
-    host = Host(compiled(POLICY), keep=True)
+    host = Host(compiled(AGENT_POLICY), keep=True)
     host.agent.start()
     host.send([udp(1, 5000)])
     filters = host.flowc_filters()
@@ -278,7 +279,7 @@ def test_stop_with_keep_leaves_the_rules() -> None:
 
 
 def test_a_fresh_agent_exports_every_declared_metric() -> None:
-    host = Host(compiled(POLICY))
+    host = Host(compiled(AGENT_POLICY))
     host.agent.start()
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(lambda: host.agent.snapshot))
@@ -290,7 +291,7 @@ def test_a_fresh_agent_exports_every_declared_metric() -> None:
 
 
 def test_poll_evicts_idle_rules_and_counts_slow_path_traffic_per_rule() -> None:
-    host = Host(compiled(POLICY), cache=CacheConfig(max_insert_rate=None, max_idle=30.0))
+    host = Host(compiled(AGENT_POLICY), cache=CacheConfig(max_insert_rate=None, max_idle=30.0))
     host.agent.start()
     host.send([udp(1, 5000)])  # the slow path decides it and reports it
     host.send([udp(2, 5000)])  # the cache rule decides this one
@@ -306,7 +307,7 @@ def test_poll_evicts_idle_rules_and_counts_slow_path_traffic_per_rule() -> None:
 
 
 def test_the_slow_path_model_reports_like_the_ring_buffer() -> None:
-    policy = compiled(POLICY)
+    policy = compiled(AGENT_POLICY)
     now = [0]
     model = SlowPathModel(
         policy, generation=7, dedup_ns=100, ring_capacity=2, clock_ns=lambda: now[0]
@@ -345,7 +346,7 @@ def test_the_nic_never_disagrees_with_the_policy_across_an_update(
     flows: list[tuple[int, int, bool]], switch_at: int
 ) -> None:
     """Oracle: the IR interpreter, for the policy running when the packet is sent."""
-    host = Host(compiled(POLICY))
+    host = Host(compiled(AGENT_POLICY))
     host.agent.start()
     for n, (i, port, tcp) in enumerate(flows):
         if n == switch_at:

@@ -29,8 +29,6 @@ from verify.frames import frame
 
 pytestmark = pytest.mark.kernel
 
-POLICY = AGENT_POLICY
-
 
 @pytest.fixture
 def clock() -> FakeClock:
@@ -81,7 +79,7 @@ def flowc_filters(model: NicModel) -> list[object]:
 
 
 def test_events_become_sound_cache_rules(clock: FakeClock, make_agent: MakeAgent) -> None:
-    policy = compiled(POLICY)
+    policy = compiled(AGENT_POLICY)
     model = NicModel(load_profile("software"), clock=clock)
     agent = make_agent(policy, model, clock)
     packets = [udp(i, port) for i in range(20) for port in (5000, 5001, 6000, 7000)]
@@ -102,7 +100,7 @@ def test_events_become_sound_cache_rules(clock: FakeClock, make_agent: MakeAgent
 
 
 def test_event_storm_is_cut_and_counted(clock: FakeClock, make_agent: MakeAgent) -> None:
-    policy = compiled(POLICY)
+    policy = compiled(AGENT_POLICY)
     model = NicModel(load_profile("software"), clock=clock)
     agent = make_agent(policy, model, clock, queue_size=8)
     assert agent.slow_path is not None
@@ -121,12 +119,12 @@ def test_event_storm_is_cut_and_counted(clock: FakeClock, make_agent: MakeAgent)
 
 
 def test_update_revalidates_and_restart_adopts(clock: FakeClock, make_agent: MakeAgent) -> None:
-    policy = compiled(POLICY)
+    policy = compiled(AGENT_POLICY)
     model = NicModel(load_profile("software"), clock=clock)
     agent = make_agent(policy, model, clock)
     feed(agent, [udp(1, 5000), udp(2, 5001)])
     assert agent.cache is not None and agent.cache.occupancy == 2
-    new = compiled(POLICY.replace("allow udp dport 5001", "drop udp dport 5001"))
+    new = compiled(AGENT_POLICY.replace("allow udp dport 5001", "drop udp dport 5001"))
     agent.update(new)
     assert agent.generation == 2
     assert agent.cache.stats["revalidation_deletes"] == 1
@@ -153,7 +151,7 @@ def test_update_revalidates_and_restart_adopts(clock: FakeClock, make_agent: Mak
 def test_proactive_filters_sit_between_guard_and_catch_all(
     clock: FakeClock, make_agent: MakeAgent
 ) -> None:
-    policy = compiled(POLICY)
+    policy = compiled(AGENT_POLICY)
     profile = dataclasses.replace(load_profile("software"), max_rules=1000)
     model = NicModel(profile, clock=clock)
     agent = make_agent(policy, model, clock, proactive=True)
