@@ -17,16 +17,29 @@ given as a path.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 
-from backends.flower.rules import FlowerKind, InstallFlags
+from backends.flower.rules import CT_COMMIT, FlowerKind, InstallFlags
+from ir.fields import STATE_NAMES
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
-FIELD_KINDS = ("vlan_id", "ip_tos", "ip_proto", "ipv4", "ipv6", "ports", "tcp_flags", "icmp")
-# The spellings profile files use: the flower enums' values.
-ACTION_KINDS = tuple(k.value for k in FlowerKind)
+FIELD_KINDS = (
+    "vlan_id",
+    "ip_tos",
+    "ip_proto",
+    "ipv4",
+    "ipv6",
+    "ports",
+    "tcp_flags",
+    "icmp",
+    "ip_flags",
+    "ct_state",
+)
+# The spellings profile files use: the flower enums' values, and ct_commit
+# (``ct commit`` before a verdict, which a device may track without storing).
+ACTION_KINDS = (*(k.value for k in FlowerKind), CT_COMMIT)
 INSTALL_FLAGS = tuple(f.value for f in InstallFlags)
 ADDRESS_MASKS = ("prefix", "arbitrary")
 
@@ -51,6 +64,9 @@ class NicProfile:
         max_expansion: most filters one IR rule may become before it stays in the slow path.
         max_rules: filter table size.
         max_masks: distinct masks the device can hold at once.
+        ct_states: with the ``ct_state`` field, the connection states (ir.fields
+            STATE_NAMES) whose ``+trk+<state>`` key the device matches (a device
+            offloading established connections only lists ``established``).
     """
 
     name: str
@@ -64,6 +80,7 @@ class NicProfile:
     max_expansion: int
     max_rules: int
     max_masks: int
+    ct_states: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for kind in self.fields:
@@ -76,6 +93,14 @@ class NicProfile:
             raise ProfileError(f"profile {self.name}: install_flags must be one of {INSTALL_FLAGS}")
         if self.address_masks not in ADDRESS_MASKS:
             raise ProfileError(f"profile {self.name}: address_masks must be one of {ADDRESS_MASKS}")
+        for state in self.ct_states:
+            if state not in STATE_NAMES:
+                raise ProfileError(f"profile {self.name}: unknown connection state {state!r}")
+        if bool(self.ct_states) != ("ct_state" in self.fields):
+            raise ProfileError(
+                f"profile {self.name}: ct_states lists what the ct_state field matches; "
+                "give both or neither"
+            )
         for limit in ("max_expansion", "max_rules", "max_masks"):
             if getattr(self, limit) < 1:
                 raise ProfileError(f"profile {self.name}: {limit} must be at least 1")
@@ -87,6 +112,10 @@ class NicProfile:
     def allows_action(self, kind: str) -> bool:
         """True when the device executes the action ``kind``."""
         return kind in self.actions
+
+    def allows_state(self, state: int) -> bool:
+        """True when the device matches ``+trk+<state>`` for IR state number ``state``."""
+        return any(STATE_NAMES[name] == state for name in self.ct_states)
 
 
 def profile_names() -> list[str]:
@@ -117,7 +146,8 @@ def load_profile(name_or_path: str, overrides: dict[str, str] | None = None) -> 
     unknown = sorted(set(data) - known)
     if unknown:
         raise ProfileError(f"{path}: unknown keys {', '.join(unknown)}")
-    missing = sorted(known - set(data))
+    optional = {f.name for f in fields(NicProfile) if f.default is not MISSING}
+    missing = sorted(known - set(data) - optional)
     if missing:
         raise ProfileError(f"{path}: missing keys {', '.join(missing)}")
     types = {f.name: str(f.type) for f in fields(NicProfile)}

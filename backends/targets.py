@@ -1,10 +1,10 @@
 """Kernel constants every target shares, and what each BPF attach point is.
 
-Ethertypes and tc verdicts are the kernel's ABI (``if_ether.h``,
-``pkt_cls.h``); they are written once here for the BPF backend, the flower
-backend and the runtime that talks to the kernel. A :class:`BpfTarget` says
-where a slow-path program attaches and how it answers, so the emitter stays
-the same for each.
+Ethertypes, tc verdicts and netkit's verdicts are the kernel's ABI
+(``if_ether.h``, ``pkt_cls.h``, ``if_link.h``); they are written once here for
+the BPF backend, the flower backend and the runtime that talks to the kernel.
+A :class:`BpfTarget` says where a slow-path program attaches and how it
+answers, so the emitter stays the same for each.
 """
 
 from __future__ import annotations
@@ -25,12 +25,25 @@ TC_ACT_REDIRECT = 7
 TC_ACT_GOTO_CHAIN = 2 << 28
 TC_ACT_EXT_VAL_MASK = (1 << 28) - 1
 
+NETKIT_NEXT = -1
+NETKIT_PASS = 0
+NETKIT_DROP = 2
+NETKIT_REDIRECT = 7
+
 TC_ACT_NAMES = {
     TC_ACT_OK: "TC_ACT_OK",
     TC_ACT_SHOT: "TC_ACT_SHOT",
     TC_ACT_REDIRECT: "TC_ACT_REDIRECT",
 }
 """The verdicts a flowc slow path returns, by the names the kernel headers give them."""
+
+NETKIT_NAMES = {
+    NETKIT_PASS: "NETKIT_PASS",
+    NETKIT_DROP: "NETKIT_DROP",
+    NETKIT_REDIRECT: "NETKIT_REDIRECT",
+}
+"""netkit's verdicts (``enum netkit_action``) by their header names: the same
+numbers as tc's, so the entry point is the same C for both."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +57,7 @@ class BpfTarget:
         context: the C type of the entry function's argument.
         allow, drop, redirect: the verdict codes the program returns.
         chains: whether the hook has tc chains (flower traps jump to chain 1).
+        verdict_names: the header names of the verdict codes, for the generated C.
     """
 
     name: str
@@ -54,6 +68,11 @@ class BpfTarget:
     drop: int
     redirect: int
     chains: bool
+    verdict_names: tuple[tuple[int, str], ...] = tuple(TC_ACT_NAMES.items())
+
+    def verdict_name(self, code: int) -> str:
+        """The kernel header's name of one of this hook's verdict codes."""
+        return dict(self.verdict_names).get(code, str(code))
 
 
 TC = BpfTarget(
@@ -80,4 +99,19 @@ TCX = BpfTarget(
 )
 """A tcx bpf link (Linux 6.6+): tc's verdicts, no qdisc and no chains."""
 
-TARGETS = {t.name: t for t in (TC, TCX)}
+NETKIT = BpfTarget(
+    "netkit",
+    "netkit (a bpf link on a netkit device pair, Linux 6.7+)",
+    "classifier",
+    "struct __sk_buff",
+    NETKIT_PASS,
+    NETKIT_DROP,
+    NETKIT_REDIRECT,
+    chains=False,
+    verdict_names=tuple(NETKIT_NAMES.items()),
+)
+"""A netkit device's own program (a BPF_PROG_TYPE_SCHED_CLS program run in the
+pair's transmit path, before the packet crosses to the peer): netkit's verdicts,
+no qdisc, no chains. It sees the Ethernet header at offset 0, as tc does."""
+
+TARGETS = {t.name: t for t in (TC, TCX, NETKIT)}

@@ -162,8 +162,10 @@ def _sample(rng: random.Random, rule: GenRule) -> str:
     if proto in (6, 17):
         sport = rng.randint(*rule.sport)
         dport = rng.randint(*rule.dport)
+        # TCP as a mid-connection ACK (README, "Frames the IR does not describe").
+        flags = " flags ack" if proto == 6 else ""
         name = "tcp" if proto == 6 else "udp"
-        return f"{name} {src}:{sport} -> {dst}:{dport}"
+        return f"{name} {src}:{sport} -> {dst}:{dport}{flags}"
     return f"icmp {src} -> {dst}"
 
 

@@ -13,9 +13,15 @@
 
 #include "flowc_common.h"
 
-#if !defined(FLOWC_N_WORDS) || !defined(FLOWC_N_SUMMARY) || !defined(FLOWC_N_FIELDS)
-#error "define FLOWC_N_WORDS, FLOWC_N_SUMMARY and FLOWC_N_FIELDS before including flowc_bitvec.h"
+#if !defined(FLOWC_N_WORDS) || !defined(FLOWC_N_SUMMARY) || !defined(FLOWC_N_FIELDS) || \
+	!defined(FLOWC_GRID)
+#error "define FLOWC_N_WORDS, FLOWC_N_SUMMARY, FLOWC_N_FIELDS and FLOWC_GRID before including flowc_bitvec.h"
 #endif
+
+/* A class lookup returns the class in the low FLOWC_GRID_SHIFT bits and, on
+ * the two grid fields, the field's grid group above them. */
+#define FLOWC_GRID_SHIFT 20
+#define FLOWC_CLASS_MASK ((1U << FLOWC_GRID_SHIFT) - 1)
 
 /* One class's rules: bit r of words[] is rule r; bit i of summary[s] says
  * words[s * 64 + i] is non-zero. 8 * (FLOWC_N_SUMMARY + FLOWC_N_WORDS) bytes. */
@@ -24,7 +30,15 @@ struct flowc_bitvec {
 	__u64 words[FLOWC_N_WORDS];
 };
 
-/* The packet's class in every used field (in the generated program's field
+/* One cell of the summary grid (FLOWC_GRID 1): bit i of summary[s] says some
+ * rule of the cell's row group and some rule of its column group share word
+ * s * 64 + i, so no other word can hold a rule matching both fields
+ * (backends/bpf/tables.py, build_grid). 8 * FLOWC_N_SUMMARY bytes. */
+struct flowc_grid_cell {
+	__u64 summary[FLOWC_N_SUMMARY];
+};
+
+/* The packet's lookup value (class, and grid group) in every used field (in the generated program's field
  * order), and the fill it was computed against; the memo's key.
  * 4 + 4 * FLOWC_N_FIELDS bytes, no padding. */
 struct flowc_class_tuple {
@@ -46,16 +60,21 @@ static __always_inline __u64 flowc_ctz64(__u64 x)
 	return (v * 0x0101010101010101ULL) >> 56;
 }
 
-/* The first rule whose bit is set in all FLOWC_N_FIELDS vectors of v, or -1.
+/* The first rule whose bit is set in all FLOWC_N_FIELDS vectors of v, or -1;
+ * with FLOWC_GRID, only words the packet's grid cell allows are tried.
  *
  * The summaries say which words can hold a common rule. Most such words do
  * not (each field has some rule in the word, but not the same one), so the
  * word test stops at the first zero; the caller orders v by selectivity (the
  * field with the most classes first) to make that zero come early. */
-static __always_inline __s32 flowc_bitvec_first(const struct flowc_bitvec *const *v)
+static __always_inline __s32 flowc_bitvec_first(const struct flowc_bitvec *const *v,
+						 const struct flowc_grid_cell *cell)
 {
 	for (__u32 s = 0; s < FLOWC_N_SUMMARY; s++) {
 		__u64 summary = v[0]->summary[s];
+
+		if (FLOWC_GRID)
+			summary &= cell->summary[s];
 
 #pragma unroll
 		for (int f = 1; f < FLOWC_N_FIELDS; f++)

@@ -2,13 +2,15 @@
 /* flowc BPF runtime: what the tc/tcx entry point does. Include last, after
  * the generated flowc_classify() and the maps it uses, and after defining the
  * attach point's verdicts (backends/targets.py, BpfTarget): FLOWC_VERDICT_ALLOW
- * (hand the packet on) and FLOWC_VERDICT_DROP. */
+ * (hand the packet on) and FLOWC_VERDICT_DROP, and FLOWC_CT (1: connection
+ * tracking compiled in, bpf/flowc_ct.h pasted before this file; 0: every
+ * packet is new and nothing is tracked). */
 #pragma once
 
 #include "flowc_common.h"
 
-#if !defined(FLOWC_VERDICT_ALLOW) || !defined(FLOWC_VERDICT_DROP)
-#error "define the attach point's FLOWC_VERDICT_ALLOW and FLOWC_VERDICT_DROP"
+#if !defined(FLOWC_VERDICT_ALLOW) || !defined(FLOWC_VERDICT_DROP) || !defined(FLOWC_CT)
+#error "define the attach point's FLOWC_VERDICT_ALLOW and FLOWC_VERDICT_DROP, and FLOWC_CT"
 #endif
 
 static __always_inline void flowc_count(__u32 status)
@@ -56,25 +58,61 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	__u32 zero = 0;
 	__u32 bank, slot;
 	__u32 rule;
+	__u32 l4_off;
 	__s32 found;
 	int status;
+#if FLOWC_CT
+	struct flowc_ct_scratch *ct = flowc_ct_work.lookup(&zero);
+	__u64 now;
+#endif
 
 	skb->cb[0] = 0;
+	skb->cb[1] = 0;
 	cfg = flowc_config.lookup(&zero);
 	k = flowc_scratch.lookup(&zero);
 	if (!cfg || !k)
 		return FLOWC_VERDICT_DROP;
 	bank = cfg->bank & 1;
-	status = flowc_parse(skb, k);
+	status = flowc_parse(skb, k, &l4_off);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
 		return FLOWC_VERDICT_ALLOW;
 	}
 	if (status != FLOWC_PARSE_OK) {
 		flowc_count(FLOWC_STATUS_MALFORMED);
+		if (status == FLOWC_PARSE_MALFORMED_L2)
+			flowc_count(FLOWC_STATUS_MALFORMED_L2);
+		else if (status == FLOWC_PARSE_MALFORMED_L3)
+			flowc_count(FLOWC_STATUS_MALFORMED_L3);
+		else
+			flowc_count(FLOWC_STATUS_MALFORMED_L4);
 		return FLOWC_VERDICT_DROP;
 	}
+#if FLOWC_CT
+	/* Observe before deciding (ir/conntrack.py step 1), whatever the verdict. */
+	if (!ct)
+		return FLOWC_VERDICT_DROP;
+	now = flowc_ct_now(cfg);
+	if (cfg->flags & FLOWC_CONFIG_F_CT_GIVEN) {
+		k->state = (cfg->flags >> FLOWC_CONFIG_CT_GIVEN_SHIFT) & 3;
+		/* Commit nothing: the scratch still holds the last observed
+		 * packet's tuple, which a commit would otherwise store. */
+		ct->starts = FLOWC_CT_NO_START;
+	} else {
+		k->state = flowc_ct_observe(skb, k, l4_off, ct, now);
+	}
+	flowc_count(FLOWC_STATUS_CT_NEW + k->state);
+	skb->cb[1] = k->state + 1; /* the state, for BPF_PROG_TEST_RUN and programs after us */
+	/* The established fast lane: when one rule decides every established
+	 * packet (backends/bpf/conntrack.py established_rule), the loader puts it
+	 * in cfg->ct_fast and established packets skip the classifier. */
+	if (k->state == FLOWC_STATE_ESTABLISHED && cfg->ct_fast)
+		found = cfg->ct_fast - 1;
+	else
+		found = flowc_classify(k, cfg);
+#else
 	found = flowc_classify(k, cfg);
+#endif
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_VERDICT_DROP; /* fail closed */
@@ -98,6 +136,18 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	}
 	if (cfg->flags & FLOWC_CONFIG_F_EVENTS)
 		flowc_report(k, rule, cfg);
+#if FLOWC_CT
+	/* Step 2: a verdict other than drop commits what a new packet starts; a
+	 * full table leaves it untracked, and on_full drop drops it. */
+	if (action->kind != FLOWC_ACTION_DROP && !(cfg->flags & FLOWC_CONFIG_F_CT_GIVEN)) {
+		int committed = flowc_ct_commit(ct, now);
+
+		if (committed)
+			skb->cb[1] |= committed > 0 ? FLOWC_CB_COMMITTED : FLOWC_CB_UNTRACKED;
+		if (committed < 0 && FLOWC_CT_ON_FULL_DROP)
+			return FLOWC_VERDICT_DROP;
+	}
+#endif
 
 	switch (action->kind) {
 	case FLOWC_ACTION_ALLOW:

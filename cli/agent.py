@@ -32,6 +32,7 @@ from cli.common import (
 from compiler.diagnostics import render, summary
 from compiler.frontend import compile_file
 from ir.model import Policy
+from ir.state_analysis import uses_state
 from runtime.agent.core import Agent, AgentConfig, AgentError, structured
 from runtime.agent.metrics import read_status, serve
 from runtime.bpf_loader import BpfLoadError
@@ -81,6 +82,13 @@ def policy_loader(path: str, hook: str | None) -> Callable[[], Policy]:
             raise PolicyLoadError(str(exc)) from None
 
     return load
+
+
+def _tracks_connections(path: str) -> bool:
+    """Whether the host of the policy file tracks connections (some policy of it
+    matches on state; then every hook commits, and the agent caches connections)."""
+    result = compile_file(path)
+    return result.program is not None and uses_state(result.program)
 
 
 def _mtime(path: str) -> float:
@@ -136,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         poll_interval=args.poll_interval,
         queue_size=args.queue_size,
+        revoke_established=args.revoke_established,
+        stateful=_tracks_connections(args.policy),
     )
     agent = Agent(config, load)
 
@@ -258,6 +268,12 @@ def add_parser(sub: Subparsers) -> None:
         help="install no partitioned filters: every flow starts in the slow path",
     )
     p.add_argument("--keep", action="store_true", help="leave rules and program on stop")
+    p.add_argument(
+        "--revoke-established",
+        action="store_true",
+        help="on a policy update, end connections the new policy would not let start "
+        "(default: they survive, as with the kernel's conntrack)",
+    )
     p.add_argument("--mode", choices=["megaflow", "exact"], default="megaflow")
     p.add_argument("--max-idle", type=float, default=30.0, help="seconds (default 30)")
     p.add_argument("--capacity", type=int, help="cache rules at most (default: profile share)")

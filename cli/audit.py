@@ -16,7 +16,12 @@ from typing import Any
 
 from backends.flower.rules import FlowerFilter
 from cli.common import ExitCode, InputError, Subparsers, compile_policy
-from cli.reports import flower_counterexample_json, read_tc_json, status_word
+from cli.reports import (
+    flower_counterexample_json,
+    kernel_choices_line,
+    read_tc_json,
+    status_word,
+)
 from ir.model import Policy
 from ir.packet import format_packet
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
@@ -124,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
                     f"            policy:  {ce.policy_verdict}   [{ce.rule.origin}: "
                     f"{ce.rule.origin.text}]"
                 )
+                if kernel_choices_line(ce):
+                    print(f"            kernel:  {kernel_choices_line(ce)}")
         for reason in unreadable:
             print(f"  UNREADABLE {reason}")
         if not found.settled:

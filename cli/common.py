@@ -18,6 +18,7 @@ from compiler.frontend import Compilation, compile_file
 from compiler.packet_syntax import PacketLine, read_packet_lines
 from compiler.resolve import read_source
 from ir.model import Policy, Program
+from ir.state_analysis import uses_state
 
 if TYPE_CHECKING:  # argparse's class is generic only in the type stubs
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -87,6 +88,16 @@ def compile_policy(path: str, hook: str | None) -> Policy | None:
     """The policy ``hook`` of the file at ``path``, or None after its errors went to stderr."""
     program = compile_or_report(path)
     return None if program is None else select_policy(program, hook)
+
+
+def compile_host_policy(path: str, hook: str | None) -> tuple[Policy, bool] | None:
+    """The policy ``hook`` of the file at ``path`` and whether its host tracks
+    connections (some policy of the file matches on state: then every hook's
+    verdicts commit), or None after its errors went to stderr."""
+    program = compile_or_report(path)
+    if program is None:
+        return None
+    return select_policy(program, hook), uses_state(program)
 
 
 def add_profile_options(p: argparse.ArgumentParser, *, help_text: str) -> None:

@@ -24,6 +24,7 @@ from cli.common import (
 from ir.model import Program
 from ir.passes import PASSES, pass_names, run_passes
 from ir.printer import format_program, program_to_json
+from ir.state_analysis import uses_state
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -123,7 +124,9 @@ def _emit_flower(program: Program, args: argparse.Namespace) -> int:
     policy = select_policy(program, args.hook)
     profile = profile_from_args(args)
     try:
-        lowered = lowering.lower(policy, profile, generation=args.generation)
+        lowered = lowering.lower(
+            policy, profile, generation=args.generation, stateful=uses_state(program)
+        )
     except lowering.FlowerLoweringError as exc:
         print(f"flowc: {exc}", file=sys.stderr)
         return ExitCode.FAIL

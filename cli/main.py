@@ -11,10 +11,23 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import agent, audit, check, compile, diff, evaluate, fmt, importer, load, simulate, verify
+from cli import (
+    agent,
+    audit,
+    check,
+    compile,
+    ct,
+    diff,
+    evaluate,
+    fmt,
+    importer,
+    load,
+    simulate,
+    verify,
+)
 from cli.common import ExitCode, UsageError
 
-COMMANDS = (compile, check, evaluate, load, fmt, importer, verify, diff, audit, simulate, agent)
+COMMANDS = (compile, check, evaluate, load, fmt, importer, verify, diff, audit, simulate, agent, ct)
 """The command modules, in the order ``flowc --help`` lists them."""
 
 

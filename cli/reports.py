@@ -12,7 +12,7 @@ from backends.flower.text import FlowerTextError, parse_tc_json
 from cli.common import ExitCode, InputError
 from ir.model import Rule
 from ir.packet import format_packet
-from verify.flower import FlowerCounterexample
+from verify.flower import FlowerCounterexample, describe_action
 
 
 def read_tc_json(path: str) -> list[FlowerFilter]:
@@ -43,7 +43,31 @@ def flower_counterexample_json(ce: FlowerCounterexample) -> dict[str, Any]:
         "rule": rule_json(ce.rule),
         "filter": {"chain": ce.filter.chain, "prio": ce.filter.prio, "handle": ce.filter.handle},
         "reason": ce.reason,
+        # Every filter the kernel may pick for the packet (more than one: mask
+        # creation order decides) and whether that choice gives the policy's verdict.
+        "choices": [
+            {
+                "chain": f.chain,
+                "prio": f.prio,
+                "handle": f.handle,
+                "flower": describe_action(f.action),
+                "agrees": ce.agrees(f),
+            }
+            for f in ce.choices
+        ],
     }
+
+
+def kernel_choices_line(ce: FlowerCounterexample) -> str:
+    """How a text report names the kernel's choices for an ambiguous
+    counterexample ("" when only one filter can decide the packet)."""
+    if not ce.ambiguous:
+        return ""
+    named = " or ".join(
+        f"{f.label()} ({describe_action(f.action)}: {'agrees' if ce.agrees(f) else 'WRONG'})"
+        for f in ce.choices
+    )
+    return f"may pick {named}; mask creation order decides"
 
 
 def first_failure(worst: ExitCode, status: ExitCode) -> ExitCode:

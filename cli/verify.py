@@ -22,12 +22,13 @@ from cli.common import (
     InputError,
     Subparsers,
     add_profile_options,
-    compile_policy,
+    compile_host_policy,
     profile_from_args,
 )
 from cli.reports import (
     first_failure,
     flower_counterexample_json,
+    kernel_choices_line,
     read_tc_json,
     rule_json,
     status_word,
@@ -62,14 +63,14 @@ def add_parser(sub: Subparsers) -> None:
 
 
 def _flower_filters(
-    args: argparse.Namespace, policy: Policy
+    args: argparse.Namespace, policy: Policy, stateful: bool
 ) -> tuple[list[FlowerFilter], str, NicProfile | None]:
     """The rule list to check, what it is in words, and the NIC profile that
     produced it: a tc JSON file (no profile), or flowc's own lowering."""
     if args.flower:
         return read_tc_json(args.flower), f"{args.flower}", None
     profile = profile_from_args(args)
-    program = lowering.lower(policy, profile)
+    program = lowering.lower(policy, profile, stateful=stateful)
     counts = program.counts()
     where = (
         f"flowc's lowering for {profile.name} ({counts['hardware']} rules in hardware, "
@@ -80,20 +81,21 @@ def _flower_filters(
 
 def run(args: argparse.Namespace) -> int:
     """``flowc verify``."""
-    policy = compile_policy(args.policy, args.hook)
-    if policy is None:
+    compiled = compile_host_policy(args.policy, args.hook)
+    if compiled is None:
         return ExitCode.FAIL
+    policy, stateful = compiled
     report: dict[str, Any] = {"policy": policy.name, "checks": []}
     lines: list[str] = []
     worst = ExitCode.OK
     try:
-        filters, where, profile = _flower_filters(args, policy)
+        filters, where, profile = _flower_filters(args, policy, stateful)
     except InputError as err:
         print(f"flowc: error: {err}", file=sys.stderr)
         return ExitCode.USAGE
     start = time.perf_counter()
     try:
-        flower_result = check(policy, filters)
+        flower_result = check(policy, filters, stateful=stateful)
     except FlowerCheckError as err:
         lines.append(f"flower: could not check: {err}")
         report["checks"].append({"check": "flower", "ran": False, "reason": str(err)})
@@ -119,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 f"  flower:  {ce.flower_verdict}   [{ce.filter.label()}]",
                 f"  why:     {ce.reason}",
             ]
+            if kernel_choices_line(ce):
+                lines.append(f"  kernel:  {kernel_choices_line(ce)}")
             worst = first_failure(worst, ExitCode.FAIL)
         elif not flower_result.settled:
             lines.append(f"flower: gave up after {flower_result.steps} regions ({where})")
@@ -189,6 +193,16 @@ def _verify_bpf(
         "ran": True,
         "packets": result.packets,
         "equivalent": result.equivalent,
+        "settled": result.settled,
+        "rules": {
+            "witnessed": result.witnessed,
+            "shadowed": result.shadowed,
+            "unsendable": result.unsendable,
+            "gave_up": [rule_json(r) for r in result.gave_up],
+        },
+        "boundary_packets": result.boundary,
+        "random_packets": result.random,
+        "seconds": {p.name: round(p.seconds, 3) for p in result.phases},
     }
     if result.counterexample is not None:
         ce = result.counterexample
@@ -206,9 +220,22 @@ def _verify_bpf(
         ]
         worst = first_failure(worst, ExitCode.FAIL)
     else:
+        seconds = sum(p.seconds for p in result.phases)
         lines.append(
-            f"bpf: agrees on {result.packets} packets (every region's witness, the bounds "
-            "of every prefix and range, random packets)"
+            f"bpf: agrees on {result.packets} packets ({seconds:.1f} s): a packet each of "
+            f"{result.witnessed} rules decide, {result.boundary} at the bounds of every "
+            f"prefix and range, {result.random} random"
         )
+        covered = f"bpf: {result.shadowed} rules shadowed (need no packet)"
+        if result.unsendable:
+            covered += f", {result.unsendable} decide only packets no frame carries"
+        lines.append(covered)
+    if result.gave_up:
+        lines.append(
+            f"bpf: gave up finding a packet for {len(result.gave_up)} rules "
+            "(too fragmented); they were not checked:"
+        )
+        lines += [f"  {r.origin}: {r.origin.text}" for r in result.gave_up[:10]]
+        worst = first_failure(worst, ExitCode.UNAVAILABLE)
     report["checks"].append(entry)
     return worst

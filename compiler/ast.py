@@ -191,7 +191,35 @@ class DscpClause:
     pos: Pos = _pos()
 
 
-Clause = ProtoClause | AddrClause | PortClause | IcmpClause | FlagsClause | VlanClause | DscpClause
+@dataclass(frozen=True, slots=True)
+class FragClause:
+    """``frag none|first|later`` or a comma list of them (``frag first,later``)."""
+
+    states: tuple[str, ...]
+    pos: Pos = _pos()
+    item_pos: tuple[Pos, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StateClause:
+    """``state new|established|related|invalid`` or a comma list of them."""
+
+    states: tuple[str, ...]
+    pos: Pos = _pos()
+    item_pos: tuple[Pos, ...] = field(default=(), compare=False, repr=False)
+
+
+Clause = (
+    ProtoClause
+    | AddrClause
+    | PortClause
+    | IcmpClause
+    | FlagsClause
+    | VlanClause
+    | DscpClause
+    | FragClause
+    | StateClause
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ir.fields import PORT_PROTOCOLS, PROTO_ICMP, PROTOCOL_BY_NUMBER
+from ir.fields import PORT_PROTOCOLS, PROTO_ICMP, PROTO_TCP, PROTOCOL_BY_NUMBER
 
 _FILTER = re.compile(
     r"^@(?P<sip>[\d.]+)/(?P<slen>\d+)\s+(?P<dip>[\d.]+)/(?P<dlen>\d+)\s+"
@@ -189,6 +189,11 @@ def trace_packet_line(p: TracePacket) -> str:
         name = "58"
     if p.proto in PORT_PROTOCOLS:
         text = f"{name} {src}:{p.sport} -> {dst}:{p.dport}"
+        if p.proto == PROTO_TCP:
+            # ClassBench traces carry no TCP flags. Most of a host's TCP packets
+            # are mid-connection ACKs; no flags at all is what a truncated TCP
+            # header looks like to flower, which the cache must leave alone.
+            text += " flags ack"
     else:
         text = f"{name} {src} -> {dst}"
         if p.proto == PROTO_ICMP:

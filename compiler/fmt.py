@@ -68,6 +68,10 @@ def format_clause(clause: ast.Clause) -> str:
         return "flags " + ",".join(("" if is_set else "!") + n for n, is_set in clause.named)
     if isinstance(clause, ast.VlanClause):
         return f"vlan {clause.lo}" + (f"-{clause.hi}" if clause.hi is not None else "")
+    if isinstance(clause, ast.FragClause):
+        return "frag " + ",".join(clause.states)
+    if isinstance(clause, ast.StateClause):
+        return "state " + ",".join(clause.states)
     return f"dscp {clause.value}"
 
 

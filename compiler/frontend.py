@@ -17,8 +17,9 @@ from compiler import ast
 from compiler.diagnostics import Diagnostic, error, has_errors, note, warning
 from compiler.lower import Lowerer
 from compiler.resolve import Loaded, Resolver, load
-from ir import analysis
+from ir import analysis, state_analysis
 from ir.model import Origin, Policy, Program, Rule
+from ir.packet import Packet, format_packet
 
 
 @dataclass(slots=True)
@@ -101,6 +102,7 @@ def _compile_unpaused(path: str, text: str | None, lint: bool) -> Compilation:
     if lint:
         for policy in program.policies:
             result.diagnostics.extend(lint_policy(policy))
+        result.diagnostics.extend(lint_state(program))
     return result
 
 
@@ -123,6 +125,32 @@ def origin_pos(origin: Origin) -> ast.Pos:
 
 def _rule_words(rule: Rule) -> str:
     return "the default" if rule.is_default else f"the rule at line {rule.origin.line}"
+
+
+def lint_state(program: Program) -> list[Diagnostic]:
+    """Warnings that need the whole host's policies: rules that commit connections
+    no hook of the other direction answers (:mod:`ir.state_analysis`)."""
+    diags: list[Diagnostic] = []
+    for found in state_analysis.unanswered_commits(program):
+        committed = format_packet(Packet(found.committed))
+        reply = format_packet(Packet(found.reply))
+        hooks = "; ".join(
+            f"at {p.name} ({p.hook}) by {_rule_words(r)}" for p, r in found.dropped_by
+        )
+        diags.append(
+            warning(
+                "unanswered-commit",
+                f"connections this rule commits never get a reply through: their established "
+                f"replies are dropped {hooks} (e.g. {committed} is committed here and its reply "
+                f"{reply} is dropped); allow 'state established' before those rules",
+                origin_pos(found.rule.origin),
+                *(
+                    note(f"drops the replies at {p.name}", origin_pos(r.origin))
+                    for p, r in found.dropped_by[:5]
+                ),
+            )
+        )
+    return diags
 
 
 def lint_policy(policy: Policy) -> list[Diagnostic]:

@@ -29,8 +29,12 @@ from ir import model
 from ir.fields import (
     FAMILY_IPV4,
     FAMILY_IPV6,
+    FRAG_NAMES,
+    PROTO_TCP,
     PROTOCOL_NAMES,
+    STATE_NAMES,
     TCP_FLAG_BITS,
+    field_exists,
     protocols_with,
 )
 from ir.valueset import ValueSet
@@ -71,6 +75,8 @@ _CLAUSE_WORD = {
     ast.FlagsClause: "flags",
     ast.VlanClause: "vlan",
     ast.DscpClause: "dscp",
+    ast.FragClause: "frag",
+    ast.StateClause: "state",
 }
 
 
@@ -89,6 +95,8 @@ class _RuleParts:
     tcp_flags: ValueSet | None = None
     vlan: ValueSet | None = None
     dscp: ValueSet | None = None
+    frag: ValueSet | None = None
+    state: ValueSet | None = None
 
 
 class Lowerer:
@@ -257,6 +265,7 @@ class Lowerer:
         port_clauses: list[ast.PortClause] = []
         icmp_clauses: list[ast.IcmpClause] = []
         flags_clause: ast.FlagsClause | None = None
+        frag_clause: ast.FragClause | None = None
         for clause in rdef.clauses:
             word = _clause_key(clause)
             if word in seen:
@@ -297,9 +306,17 @@ class Lowerer:
                 parts.vlan = self.vlan(clause)
             elif isinstance(clause, ast.DscpClause):
                 parts.dscp = self.dscp(clause)
+            elif isinstance(clause, ast.FragClause):
+                frag_clause = clause
+                parts.frag = self.frag(clause)
+            elif isinstance(clause, ast.StateClause):
+                parts.state = self.state(clause)
         if len(self.diags) > errors_before:
             return None
         self.imply_protocols(parts, proto_clause, port_clauses, icmp_clauses, flags_clause)
+        if len(self.diags) > errors_before:
+            return None
+        self.imply_transport(parts, frag_clause, [*port_clauses, *icmp_clauses, flags_clause])
         if len(self.diags) > errors_before:
             return None
         self.narrow_families(rdef, parts)
@@ -484,7 +501,73 @@ class Lowerer:
             return None
         return ValueSet.of_value(6, clause.value)
 
+    def frag(self, clause: ast.FragClause) -> ValueSet | None:
+        """The fragment states a ``frag`` clause names."""
+        return self._named_states(
+            clause, FRAG_NAMES, "bad-frag", "fragment state", "none, first or later"
+        )
+
+    def state(self, clause: ast.StateClause) -> ValueSet | None:
+        """The connection states a ``state`` clause names."""
+        return self._named_states(
+            clause,
+            STATE_NAMES,
+            "bad-state",
+            "connection state",
+            "new, established, related or invalid",
+        )
+
+    def _named_states(
+        self,
+        clause: ast.FragClause | ast.StateClause,
+        names: dict[str, int],
+        code: str,
+        what: str,
+        choices: str,
+    ) -> ValueSet | None:
+        """The values of a clause's comma list of ``names`` (2-bit fields), or None
+        after an error at the first unknown name."""
+        values = []
+        for name, pos in zip(clause.states, clause.item_pos, strict=True):
+            if name not in names:
+                self.diags.append(error(code, f"unknown {what} {name!r}; use {choices}", pos))
+                return None
+            values.append(names[name])
+        return ValueSet.of_values(2, values)
+
     # ------------------------------------------------------ implications
+    def imply_transport(
+        self,
+        parts: _RuleParts,
+        frag_clause: ast.FragClause | None,
+        transport_clauses: list[ast.Clause | None],
+    ) -> None:
+        """A clause on a transport field (ports, ICMP type/code, TCP flags) matches only
+        packets that carry a transport header: not later fragments (ir/fields.py)."""
+        clauses = [c for c in transport_clauses if c is not None]
+        if not clauses:
+            return
+        first = min(clauses, key=lambda c: (c.pos.line, c.pos.column))
+        carrying = ValueSet.of_values(
+            2, (v for v in FRAG_NAMES.values() if field_exists("dport", FAMILY_IPV4, PROTO_TCP, v))
+        )
+        if parts.frag is None:
+            parts.frag = carrying
+            return
+        assert frag_clause is not None
+        if not (parts.frag - carrying).is_empty():
+            word = _clause_key(first)
+            self.diags.append(
+                error(
+                    "frag-conflict",
+                    f"'{word}' needs the transport header, which a later fragment does not "
+                    "carry; write 'frag none,first' or drop 'later'",
+                    frag_clause.pos,
+                    note(f"'{word}' given here", first.pos),
+                )
+            )
+            return
+
     def imply_protocols(
         self,
         parts: _RuleParts,
@@ -605,6 +688,10 @@ def build_matches(parts: _RuleParts) -> list[model.Match]:
             constraints.append(("dscp", parts.dscp))
         if parts.protocols is not None:
             constraints.append(("ip_proto", parts.protocols[fam]))
+        if parts.frag is not None:
+            constraints.append(("frag", parts.frag))
+        if parts.state is not None:
+            constraints.append(("state", parts.state))
         prefix = "ip4" if fam == FAMILY_IPV4 else "ip6"
         for name, value in ((f"{prefix}_src", parts.src), (f"{prefix}_dst", parts.dst)):
             if value is not None:

@@ -48,6 +48,8 @@ _TERMINAL_WORDS = {
     "FLAGS": "flags",
     "VLAN": "vlan",
     "DSCP": "dscp",
+    "FRAG": "frag",
+    "STATE": "state",
     "PROTO_NAME": "a protocol (tcp, udp, icmp, icmpv6, sctp)",
     "LBRACE": "{",
     "RBRACE": "}",
@@ -255,6 +257,23 @@ class _Builder(Transformer[Token, Any]):
     def vlan_clause(self, items: list[Token]) -> ast.VlanClause:
         return ast.VlanClause(
             _int(items[1]), _int(items[2]) if len(items) > 2 else None, self._span(items)
+        )
+
+    def frag_clause(self, items: list[Token]) -> ast.FragClause:
+        return ast.FragClause(*self._name_list(items))
+
+    def state_clause(self, items: list[Token]) -> ast.StateClause:
+        return ast.StateClause(*self._name_list(items))
+
+    def _name_list(
+        self, items: list[Token]
+    ) -> tuple[tuple[str, ...], ast.Pos, tuple[ast.Pos, ...]]:
+        """A ``WORD name, name, ...`` clause's names (lower case), span and name spans."""
+        names = items[1:]
+        return (
+            tuple(str(t).lower() for t in names),
+            self._span(items),
+            tuple(self._span([t]) for t in names),
         )
 
     def dscp_clause(self, items: list[Token]) -> ast.DscpClause:

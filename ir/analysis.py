@@ -25,6 +25,7 @@ import numpy as np
 
 from ir.algebra import (
     Cube,
+    Locator,
     covered_by,
     intersect,
     is_feasible,
@@ -35,6 +36,7 @@ from ir.algebra import (
 from ir.algebra import subtract as _subtract
 from ir.fields import HEADER_SPACE, Space
 from ir.model import Policy, Rule
+from ir.packet import Point
 
 # Residual regions larger than this are given up on (reported, not guessed).
 FRAGMENT_LIMIT = 5000
@@ -60,6 +62,12 @@ class OverlapIndex:
             self.endpoints.append(endpoints)
             self.lo[:, j] = [ranks[h[0]] for h in hulls]
             self.hi[:, j] = [ranks[h[1]] for h in hulls]
+        # Field-major copies for :meth:`candidates`, which narrows field by
+        # field starting with the fields of most distinct bounds (addresses):
+        # after one or two fields few boxes are left to test.
+        self.lo_by_field = np.ascontiguousarray(self.lo.T)
+        self.hi_by_field = np.ascontiguousarray(self.hi.T)
+        self.narrowing = sorted(range(width), key=lambda j: -len(self.endpoints[j]))
 
     def locator(self, members: Sequence[int]) -> Callable[[tuple[int, ...]], int | None]:
         """A fast ``first_containing`` over the cubes ``members`` (by position in it).
@@ -113,9 +121,13 @@ class OverlapIndex:
         """Indexes in ``[start, stop)`` whose box meets cube ``i``'s box."""
         if stop <= start:
             return []
-        lo, hi = self.lo[start:stop], self.hi[start:stop]
-        hit = np.all((lo <= self.hi[i]) & (hi >= self.lo[i]), axis=1)
-        return [start + int(k) for k in np.flatnonzero(hit)]
+        hits = np.arange(stop - start)
+        for j in self.narrowing:
+            lo, hi = self.lo_by_field[j, start:stop][hits], self.hi_by_field[j, start:stop][hits]
+            hits = hits[(lo <= self.hi[i, j]) & (hi >= self.lo[i, j])]
+            if not len(hits):
+                return []
+        return [start + int(k) for k in hits]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +226,7 @@ def analyse(policy: Policy, *, redundancy: bool = True, space: Space = HEADER_SP
         # Boxes that meet the group's boxes; a box hit that is no real overlap only
         # costs a failed containment test, so the exact filter waits for reporting.
         earlier = sorted({c for i in group for c in index.candidates(i, 0, first) if c not in dead})
-        earlier_cubes = [cubes[c] for c in earlier]
-        locate = index.locator(earlier) if len(earlier) > LOCATOR_MIN else None
-        answers = [
-            covered_by(space, cubes[i], earlier_cubes, FRAGMENT_LIMIT, locate) for i in group
-        ]
+        answers = [_escape(space, index, i, earlier) for i in group]
         if None in answers:
             gave_up.append(GaveUp(rules[first]))
         elif all(answers):
@@ -253,6 +261,102 @@ def analyse(policy: Policy, *, redundancy: bool = True, space: Space = HEADER_SP
     ]
     gave_up.sort(key=lambda g: g.rule.priority)
     return Findings(tuple(shadowed), tuple(redundant), tuple(gave_up))
+
+
+def _escape(
+    space: Space, index: OverlapIndex, i: int, earlier: Sequence[int], avoid: Sequence[Cube] = ()
+) -> bool | None:
+    """True when cube ``i`` lies in the union of cubes ``earlier`` (and ``avoid``),
+    False when some packet escapes, None when the search gave up."""
+    settled, point = _escape_witness(space, index, i, earlier, avoid)
+    if not settled:
+        return None
+    return point is None
+
+
+def _escape_witness(
+    space: Space, index: OverlapIndex, i: int, earlier: Sequence[int], avoid: Sequence[Cube] = ()
+) -> tuple[bool, Point | None]:
+    """A packet of cube ``i`` outside the cubes ``earlier`` and ``avoid``, as
+    :func:`~ir.algebra.uncovered_witness` answers (the witness-driven search).
+
+    ``avoid`` cubes come first in the cover and are tried linearly (they are
+    few); the earlier cubes go through the box index when there are many.
+    """
+    cubes = index.cubes
+    cover = [*avoid, *(cubes[c] for c in earlier)]
+    if len(earlier) <= LOCATOR_MIN:
+        return uncovered_witness(space, cubes[i], cover, FRAGMENT_LIMIT)
+    through_index = index.locator(earlier)
+    skip = len(avoid)
+
+    def locate(point: Point) -> int | None:
+        for k, a in enumerate(avoid):
+            if a.contains(point):
+                return k
+        hit = through_index(point)
+        return None if hit is None else skip + hit
+
+    found: Locator = locate
+    return uncovered_witness(space, cubes[i], cover, FRAGMENT_LIMIT, found)
+
+
+@dataclass(frozen=True, slots=True)
+class DecidingWitnesses:
+    """The answer of :func:`deciding_witnesses`; rules by index in the list searched.
+
+    Attributes:
+        witnesses: (packet, rule) for every rule that decides some packet
+            outside ``avoid``: the rule is the first match of that packet.
+        shadowed: rules proven to decide no packet (covered by earlier rules).
+        avoided: rules that decide packets, but only packets inside ``avoid``.
+        gave_up: rules whose search hit the fragment limit, settled neither way.
+    """
+
+    witnesses: tuple[tuple[Point, int], ...]
+    shadowed: tuple[int, ...]
+    avoided: tuple[int, ...]
+    gave_up: tuple[int, ...]
+
+
+def deciding_witnesses(
+    cubes: Sequence[Cube], *, avoid: Sequence[Cube] = (), space: Space = HEADER_SPACE
+) -> DecidingWitnesses:
+    """One packet per rule (cube, first match wins) that the rule decides, or a
+    proof that it decides none.
+
+    The same witness-driven search :func:`analyse` runs for shadowing, per
+    rule: a packet of the rule's cube that no earlier rule holds is a packet
+    the rule decides; when the earlier cubes cover it the rule is shadowed.
+    Rules proven shadowed are left out of every later cover (their cubes add
+    nothing to the union before any position), which keeps covers short.
+    Packets in ``avoid`` (say, ones no frame can carry) are never chosen; a
+    rule whose decided packets all lie there is told apart from a shadowed
+    one by a second search without ``avoid``.
+    """
+    index = OverlapIndex(space, cubes)
+    dead: set[int] = set()
+    witnesses: list[tuple[Point, int]] = []
+    shadowed: list[int] = []
+    avoided: list[int] = []
+    gave_up: list[int] = []
+    for i in range(len(cubes)):
+        earlier = [c for c in index.candidates(i, 0, i) if c not in dead]
+        settled, point = _escape_witness(space, index, i, earlier, avoid)
+        if not settled:
+            gave_up.append(i)
+        elif point is not None:
+            witnesses.append((point, i))
+        else:
+            answer = _escape(space, index, i, earlier) if avoid else True
+            if answer is None:
+                gave_up.append(i)
+            elif answer:
+                shadowed.append(i)
+                dead.add(i)
+            else:
+                avoided.append(i)
+    return DecidingWitnesses(tuple(witnesses), tuple(shadowed), tuple(avoided), tuple(gave_up))
 
 
 def _meets(space: Space, a: Cube, b: Cube) -> bool:

@@ -118,6 +118,16 @@ class FirstMatch:
         self.index = OverlapIndex(space, self.cubes) if entries else None
         self.locate = self.index.locator(range(len(entries))) if self.index else None
 
+    def prefix(self, stop: int) -> FirstMatch:
+        """The list of the first ``stop`` entries, sharing this list's index (so
+        many prefixes of one long list cost no index each)."""
+        view = object.__new__(FirstMatch)
+        view.entries = self.entries[:stop]
+        view.cubes = self.cubes[:stop]
+        view.index = self.index if stop > 0 else None
+        view.locate = view.index.locator(range(stop)) if view.index is not None else None
+        return view
+
     def first(self, point: Point) -> int | None:
         """Index of the entry deciding ``point`` (None: no entry matches)."""
         return self.locate(point) if self.locate is not None else None
@@ -275,6 +285,7 @@ def check_refinement(
     The same question as :func:`compare` with ``right_default=ANY``, organised
     for a right list that *refines* the left one, as a lowering does: each
     right entry ``j`` usually lies inside a left entry ``o`` with its decision
+    (or ANY, which agrees with every decision)
     (its *container*; ``hints[j]`` may name it). Every packet ``j`` decides is
     then decided on the left by ``o`` or by an earlier entry ``k`` meeting
     ``j``. Such a ``k`` with another decision is harmless once every packet
@@ -338,6 +349,8 @@ class _Refinement:
                     break
                 continue
             for k in self._conflicts(container):
+                if agree(self.left.entries[k].decision, entry.decision):
+                    continue
                 if self._covered_before(k) <= j:
                     continue
                 both = intersect(entry.cube, self.left.cubes[k])
@@ -369,7 +382,7 @@ class _Refinement:
             if (
                 o is not None
                 and 0 <= o < n
-                and self.left.entries[o].decision == entry.decision
+                and agree(self.left.entries[o].decision, entry.decision)
                 and _inside(entry.cube, self.left.cubes[o])
             ):
                 return o
@@ -377,17 +390,23 @@ class _Refinement:
         assert index is not None
         for k in index.containers_of(entry.cube, 0, n):
             if _inside(entry.cube, self.left.cubes[k]):
-                return k if self.left.entries[k].decision == entry.decision else None
+                return k if agree(self.left.entries[k].decision, entry.decision) else None
         return None
 
     def _conflicts(self, o: int) -> list[int]:
-        """Left entries before ``o`` meeting its cube with another decision."""
+        """Left entries before ``o`` meeting its cube that may decide some right
+        entry held by ``o`` otherwise: another decision than ``o``'s, or, when
+        ``o`` decides ANY (and so holds right entries of every decision), any
+        decision but ANY. The caller skips those agreeing with its entry."""
         if o not in self.conflicts:
             index = self.left.index
             assert index is not None
             decision = self.left.entries[o].decision
             self.conflicts[o] = [
-                k for k in index.candidates(o, 0, o) if self.left.entries[k].decision != decision
+                k
+                for k in index.candidates(o, 0, o)
+                if self.left.entries[k].decision is not ANY
+                and (decision is ANY or self.left.entries[k].decision != decision)
             ]
         return self.conflicts[o]
 

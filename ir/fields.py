@@ -13,8 +13,8 @@ prerequisite fields are themselves unconditional (roots).
 
 >>> HEADER_SPACE.field("dport").width
 16
->>> [f.name for f in HEADER_SPACE.fields][:5]
-['family', 'vlan_tagged', 'vlan_id', 'dscp', 'ip_proto']
+>>> [f.name for f in HEADER_SPACE.fields][:7]
+['family', 'vlan_tagged', 'vlan_id', 'dscp', 'ip_proto', 'frag', 'state']
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ RENDER_DEC = "dec"
 RENDER_IP4 = "ip4"
 RENDER_IP6 = "ip6"
 RENDER_FLAGS = "tcp_flags"
+RENDER_FRAG = "frag"
+RENDER_STATE = "state"
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -39,6 +41,30 @@ PORT_PROTOCOLS = (PROTO_TCP, PROTO_UDP, PROTO_SCTP)
 
 FAMILY_IPV4 = 4
 FAMILY_IPV6 = 6
+
+# Fragment state of an IP packet (IPv4 MF/offset, IPv6 fragment header), as
+# the kernel's flow dissector calls them: a first fragment (offset 0, more to
+# come) still carries the transport header, a later one does not.
+FRAG_NONE = 0
+FRAG_FIRST = 1
+FRAG_LATER = 2
+FRAG_NAMES: dict[str, int] = {"none": FRAG_NONE, "first": FRAG_FIRST, "later": FRAG_LATER}
+FRAG_BY_NUMBER: dict[int, str] = {v: k for k, v in FRAG_NAMES.items()}
+
+# Connection state of a packet, computed by the connection tracker before the
+# policy decides (ir/conntrack.py is its definition). ``new`` is 0 so that a
+# packet no tracker has looked at (stateless evaluation) is new.
+STATE_NEW = 0
+STATE_ESTABLISHED = 1
+STATE_RELATED = 2
+STATE_INVALID = 3
+STATE_NAMES: dict[str, int] = {
+    "new": STATE_NEW,
+    "established": STATE_ESTABLISHED,
+    "related": STATE_RELATED,
+    "invalid": STATE_INVALID,
+}
+STATE_BY_NUMBER: dict[int, str] = {v: k for k, v in STATE_NAMES.items()}
 
 # Condition: alternatives (OR) of conjunctions (AND) of (root field, allowed values).
 Condition = tuple[tuple[tuple[str, ValueSet], ...], ...]
@@ -138,6 +164,8 @@ def _cond(*alternatives: tuple[tuple[str, ValueSet], ...]) -> Condition:
 
 _IS_IPV4 = ("family", _values(8, FAMILY_IPV4))
 _IS_IPV6 = ("family", _values(8, FAMILY_IPV6))
+# Transport fields exist only in a packet that carries the transport header.
+_HAS_L4 = ("frag", _values(2, FRAG_NONE, FRAG_FIRST))
 
 HEADER_SPACE = Space(
     (
@@ -177,6 +205,23 @@ HEADER_SPACE = Space(
             "IPv4 protocol / IPv6 next header of the transport",
             preferred=(PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP),
         ),
+        Field(
+            "frag",
+            2,
+            RENDER_FRAG,
+            "IP fragment state: 0 not a fragment, 1 first fragment (offset 0, more "
+            "fragments), 2 later fragment (no transport header)",
+            domain=_values(2, FRAG_NONE, FRAG_FIRST, FRAG_LATER),
+            preferred=(FRAG_NONE,),
+        ),
+        Field(
+            "state",
+            2,
+            RENDER_STATE,
+            "connection state before the policy decides: 0 new, 1 established, "
+            "2 related, 3 invalid (ir/conntrack.py)",
+            preferred=(STATE_NEW,),
+        ),
         Field("ip4_src", 32, RENDER_IP4, "IPv4 source address", prerequisite=_cond((_IS_IPV4,))),
         Field(
             "ip4_dst", 32, RENDER_IP4, "IPv4 destination address", prerequisite=_cond((_IS_IPV4,))
@@ -194,7 +239,7 @@ HEADER_SPACE = Space(
             16,
             RENDER_DEC,
             "TCP/UDP/SCTP source port",
-            prerequisite=_cond((("ip_proto", _values(8, *PORT_PROTOCOLS)),)),
+            prerequisite=_cond((("ip_proto", _values(8, *PORT_PROTOCOLS)), _HAS_L4)),
             preferred=(40000,),
         ),
         Field(
@@ -202,7 +247,7 @@ HEADER_SPACE = Space(
             16,
             RENDER_DEC,
             "TCP/UDP/SCTP destination port",
-            prerequisite=_cond((("ip_proto", _values(8, *PORT_PROTOCOLS)),)),
+            prerequisite=_cond((("ip_proto", _values(8, *PORT_PROTOCOLS)), _HAS_L4)),
         ),
         Field(
             "icmp_type",
@@ -210,8 +255,8 @@ HEADER_SPACE = Space(
             RENDER_DEC,
             "ICMP (IPv4, proto 1) or ICMPv6 (IPv6, next header 58) type",
             prerequisite=_cond(
-                (_IS_IPV4, ("ip_proto", _values(8, PROTO_ICMP))),
-                (_IS_IPV6, ("ip_proto", _values(8, PROTO_ICMPV6))),
+                (_IS_IPV4, ("ip_proto", _values(8, PROTO_ICMP)), _HAS_L4),
+                (_IS_IPV6, ("ip_proto", _values(8, PROTO_ICMPV6)), _HAS_L4),
             ),
             preferred=(8, 128),
         ),
@@ -221,8 +266,8 @@ HEADER_SPACE = Space(
             RENDER_DEC,
             "ICMP / ICMPv6 code",
             prerequisite=_cond(
-                (_IS_IPV4, ("ip_proto", _values(8, PROTO_ICMP))),
-                (_IS_IPV6, ("ip_proto", _values(8, PROTO_ICMPV6))),
+                (_IS_IPV4, ("ip_proto", _values(8, PROTO_ICMP)), _HAS_L4),
+                (_IS_IPV6, ("ip_proto", _values(8, PROTO_ICMPV6)), _HAS_L4),
             ),
             preferred=(0,),
         ),
@@ -231,7 +276,7 @@ HEADER_SPACE = Space(
             8,
             RENDER_FLAGS,
             "TCP flags byte: FIN SYN RST PSH ACK URG ECE CWR (bit 0 is FIN)",
-            prerequisite=_cond((("ip_proto", _values(8, PROTO_TCP)),)),
+            prerequisite=_cond((("ip_proto", _values(8, PROTO_TCP)), _HAS_L4)),
             preferred=(0x02, 0x10),
         ),
     )
@@ -258,8 +303,9 @@ PROTOCOL_NAMES: dict[str, int] = {
 PROTOCOL_BY_NUMBER: dict[int, str] = {v: k for k, v in PROTOCOL_NAMES.items()}
 
 
-def field_exists(name: str, family: int, ip_proto: int | None) -> bool:
-    """Whether field ``name`` is present in a packet of ``family`` carrying ``ip_proto``.
+def field_exists(name: str, family: int, ip_proto: int | None, frag: int = FRAG_NONE) -> bool:
+    """Whether field ``name`` is present in a packet of ``family`` carrying ``ip_proto``
+    with fragment state ``frag`` (not a fragment unless given).
 
     The answer is read from the field's prerequisite, so the flower lowering and
     the DSL's protocol implication agree with the interpreter. ``ip_proto``
@@ -270,19 +316,21 @@ def field_exists(name: str, family: int, ip_proto: int | None) -> bool:
     (True, False)
     >>> field_exists("icmp_type", FAMILY_IPV6, PROTO_ICMP)
     False
+    >>> field_exists("dport", FAMILY_IPV4, PROTO_TCP, FRAG_LATER)
+    False
 
     Raises:
-        ValueError: the prerequisite depends on a root other than family and ip_proto.
+        ValueError: the prerequisite depends on a root other than family, ip_proto and frag.
     """
     prerequisite = HEADER_SPACE.field(name).prerequisite
     if not prerequisite:
         return True
-    known: dict[str, int | None] = {"family": family, "ip_proto": ip_proto}
+    known: dict[str, int | None] = {"family": family, "ip_proto": ip_proto, "frag": frag}
     for alternative in prerequisite:
         holds = True
         for root, values in alternative:
             if root not in known:
-                raise ValueError(f"{name}: prerequisite on {root} is not family or ip_proto")
+                raise ValueError(f"{name}: prerequisite on {root} is not family, ip_proto or frag")
             value = known[root]
             holds = holds and value is not None and value in values
         if holds:

@@ -5,7 +5,12 @@ counterexample prints (``compiler.packet_syntax`` parses it)::
 
     tcp 10.0.3.7:40000 -> 10.0.1.10:443 flags syn
     udp [fd00::1]:5353 -> [fd00::53]:53 vlan 10 dscp 46
-    icmp 10.0.0.1 -> 10.0.0.2 type 8 code 0
+    icmp 10.0.0.1 -> 10.0.0.2 type 8 code 0 id 7
+    icmp 10.0.0.9 -> 10.0.0.1 type 3 code 3 inner udp 10.0.0.1:5353 -> 10.0.0.2:53
+
+A packet also carries what the connection tracker reads besides the header
+fields (:mod:`ir.conntrack`): the ICMP echo identifier, and the header an ICMP
+error embeds (the packet that caused the error, as sent).
 
 >>> p = Packet.make(family=4, ip_proto=6, ip4_src=0x0A000307, ip4_dst=0x0A00010A,
 ...                 sport=40000, dport=443, tcp_flags=0x02)
@@ -21,16 +26,24 @@ from dataclasses import dataclass
 
 from ir.fields import (
     FAMILY_IPV4,
+    FRAG_BY_NUMBER,
     HEADER_SPACE,
     PROTOCOL_BY_NUMBER,
     RENDER_FLAGS,
+    RENDER_FRAG,
     RENDER_IP4,
     RENDER_IP6,
+    RENDER_STATE,
+    STATE_BY_NUMBER,
     TCP_FLAG_BITS,
     Space,
 )
 
 Point = tuple[int, ...]
+# Root fields whose value decides whether other fields exist.
+_DEPENDED_ON = frozenset(
+    root for f in HEADER_SPACE.fields for alt in f.prerequisite for root, _ in alt
+)
 
 
 def prerequisites_met(space: Space, point: Point, field_index: int) -> bool:
@@ -49,25 +62,48 @@ def point_problems(space: Space, point: Point) -> list[str]:
     problems = []
     if len(point) != len(space.fields):
         return [f"expected {len(space.fields)} field values, got {len(point)}"]
-    for i, fld in enumerate(space.fields):
-        value = point[i]
-        if not 0 <= value < (1 << fld.width):
-            problems.append(f"{fld.name}={value} does not fit in {fld.width} bits")
-        elif fld.domain is not None and value not in fld.domain:
-            problems.append(f"{fld.name}={value} is not a possible value")
-        elif value != 0 and not prerequisites_met(space, point, i):
-            problems.append(f"{fld.name}={value} but the packet has no {fld.name}")
+    for i in range(len(space.fields)):
+        problem = field_problem(space, point, i)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def field_problem(space: Space, point: Point, field_index: int) -> str:
+    """Why the value of one field of ``point`` cannot be (empty when it can)."""
+    fld = space.fields[field_index]
+    value = point[field_index]
+    if not 0 <= value < (1 << fld.width):
+        return f"{fld.name}={value} does not fit in {fld.width} bits"
+    if fld.domain is not None and value not in fld.domain:
+        return f"{fld.name}={value} is not a possible value"
+    if value != 0 and not prerequisites_met(space, point, field_index):
+        return f"{fld.name}={value} but the packet has no {fld.name}"
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
 class Packet:
-    """A packet of the header space (:data:`ir.fields.HEADER_SPACE`)."""
+    """A packet of the header space (:data:`ir.fields.HEADER_SPACE`).
+
+    Attributes:
+        values: one value per header field, in :data:`HEADER_SPACE` order.
+        echo_id: the identifier of an ICMP/ICMPv6 echo request or reply (0 otherwise);
+            the tracker tells echo conversations apart by it. No rule matches it.
+        embedded: the header an ICMP error carries (the offending packet as it was
+            sent), or None; the tracker finds the error's connection from it.
+    """
 
     values: Point
+    echo_id: int = 0
+    embedded: Packet | None = None
 
     def __post_init__(self) -> None:
         problems = point_problems(HEADER_SPACE, self.values)
+        if not 0 <= self.echo_id <= 0xFFFF:
+            problems.append(f"echo id {self.echo_id} does not fit in 16 bits")
+        if self.embedded is not None and self.embedded.embedded is not None:
+            problems.append("an embedded header cannot embed another")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -78,6 +114,30 @@ class Packet:
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
         return Packet(tuple(fields.get(name, 0) for name in HEADER_SPACE.names))
+
+    @staticmethod
+    def unchecked(values: Point, echo_id: int = 0, embedded: Packet | None = None) -> Packet:
+        """A packet of ``values`` already known to be one (a point the algebra or a
+        checked flow key produced), without checking again: the per-packet paths
+        (the tracker, the cache) build one for every packet they see."""
+        packet = object.__new__(Packet)
+        object.__setattr__(packet, "values", values)
+        object.__setattr__(packet, "echo_id", echo_id)
+        object.__setattr__(packet, "embedded", embedded)
+        return packet
+
+    def with_field(self, name: str, value: int) -> Packet:
+        """The same packet with field ``name`` set to ``value`` (ValueError when the
+        value is not one this packet can carry there)."""
+        at = HEADER_SPACE.index[name]
+        values = (*self.values[:at], value, *self.values[at + 1 :])
+        if name in _DEPENDED_ON:
+            # A root other fields depend on: the whole packet must be checked again.
+            return Packet(values, self.echo_id, self.embedded)
+        problem = field_problem(HEADER_SPACE, values, at)
+        if problem:
+            raise ValueError(problem)
+        return Packet.unchecked(values, self.echo_id, self.embedded)
 
     def get(self, name: str) -> int:
         """The value of field ``name``."""
@@ -100,6 +160,10 @@ def render_value(render: str, value: int) -> str:
         return str(ipaddress.IPv6Address(value))
     if render == RENDER_FLAGS:
         return format_tcp_flags(value)
+    if render == RENDER_FRAG:
+        return FRAG_BY_NUMBER.get(value, str(value))
+    if render == RENDER_STATE:
+        return STATE_BY_NUMBER.get(value, str(value))
     return str(value)
 
 
@@ -134,8 +198,16 @@ def format_packet(packet: Packet) -> str:
         parts += ["flags", format_tcp_flags(v["tcp_flags"])]
     if packet.has("icmp_type"):
         parts += ["type", str(v["icmp_type"]), "code", str(v["icmp_code"])]
+    if packet.echo_id:
+        parts += ["id", str(packet.echo_id)]
     if v["vlan_tagged"]:
         parts += ["vlan", str(v["vlan_id"])]
     if v["dscp"]:
         parts += ["dscp", str(v["dscp"])]
+    if v["frag"]:
+        parts += ["frag", FRAG_BY_NUMBER[v["frag"]]]
+    if v["state"]:
+        parts += ["state", STATE_BY_NUMBER[v["state"]]]
+    if packet.embedded is not None:
+        parts += ["inner", format_packet(packet.embedded)]
     return " ".join(parts)

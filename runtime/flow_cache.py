@@ -3,9 +3,10 @@
 The slow path decides a flow's first packet and reports it (flow key, rule,
 generation). :meth:`FlowCache.on_miss` turns the report into a cache rule:
 the packet's megaflow (:mod:`ir.megaflow`: the widest maskable cube one
-policy rule decides whole, or the exact 5-tuple in ``exact`` mode), proven
-with :func:`ir.megaflow.decides_whole` on the cube the flower match really
-covers, and installed through an :class:`runtime.agent.seams.Installer`
+policy rule decides whole, or the exact 5-tuple in ``exact`` mode; the
+event's rule saves the first-match look-up and is checked on the way),
+proven with :func:`ir.megaflow.decides_whole` on the cube the flower match
+really covers, and installed through an :class:`runtime.agent.seams.Installer`
 (:class:`runtime.flower_installer.FlowerInstaller` on a device,
 :class:`runtime.nic_model.NicModel` in tests and ``flowc simulate``).
 
@@ -32,6 +33,22 @@ What an operator of a flow cache expects, and where it lives here:
   new policy;
 * :meth:`reconcile`: on start, adopt the device's cache rules that are sound
   under the current policy and delete the rest.
+
+On a host that tracks connections (``connections`` given: the slow path's
+connection table, the one source of connection state) a megaflow could let a
+packet past the slow path that must reach it: a ``new`` packet that commits,
+a packet that advances a connection's TCP state. So there the cache holds
+only **connection rules**: the exact tuple of a *steady* connection
+(:attr:`ir.conntrack.Connection.steady`: replied, TCP established) with no
+SYN, FIN or RST, decided whole by one rule as an established packet. Every
+packet such a rule matches is, while the connection is stored and steady, an
+established packet that changes nothing in the table but its idle timer, so
+:meth:`expire` extends the timer from the rule's last use (as the kernel's
+flowtable does for offloaded connections) and deletes the rule once the
+connection is gone or no longer steady (a FIN or RST reaches the slow path,
+since the rule does not match it). Between a RST and the next poll the rule
+may still pass a packet the tracker would call invalid: that window is one
+poll interval.
 """
 
 from __future__ import annotations
@@ -42,37 +59,56 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from backends.flower.dissector import MALFORMED_VIEWS
 from backends.flower.lowering import expand
 from backends.flower.rules import (
+    ETH_FOR_FAMILY,
+    ETH_P_8021Q,
     ROLE_CACHE,
     Cookie,
     FlowerFilter,
     FlowerMatch,
+    Masked,
     action_for,
 )
 from backends.nic_profile import NicProfile
 from ir.algebra import Cube, intersect, is_feasible
+from ir.conntrack import FIN as TCP_FIN
+from ir.conntrack import NS_PER_S, RST, SYN, ConnKey
 from ir.diff import diff_policies
-from ir.fields import HEADER_SPACE
+from ir.fields import FRAG_NONE, HEADER_SPACE, PORT_PROTOCOLS, PROTO_TCP, STATE_ESTABLISHED
 from ir.megaflow import (
     EXACT_5TUPLE,
     MEGAFLOW,
     Megaflow,
     PolicyRegions,
     decides_whole,
+    decides_whole_by_walk,
+    mask_of_length,
     megaflow,
+    megaflow_by_algebra,
     narrowed,
 )
-from ir.model import Policy
-from ir.packet import Point
+from ir.model import DROP, Policy
+from ir.packet import Packet, Point
+from ir.valueset import ValueSet
 from runtime.agent.counters import Counters
 from runtime.agent.priorities import PLAN
-from runtime.agent.seams import Installer
+from runtime.agent.seams import ConnectionTable, Installer
 from runtime.flower_installer import FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
 from runtime.token_bucket import TokenBucket
 
 MODES = {"megaflow": MEGAFLOW, "exact": EXACT_5TUPLE}
+# How a miss becomes a proven cube: the miss-length search with the direct
+# proof (default), or the construction and region-walk proof before issue 17
+# (kept so the benchmark compares both in one run).
+ALGORITHMS = ("lengths", "algebra")
+
+
+_WHOLE_VALUE = frozenset(
+    HEADER_SPACE.position(name) for name in ("ip_proto", "icmp_type", "icmp_code")
+)
 
 
 class MissOutcome(StrEnum):
@@ -87,6 +123,7 @@ class MissOutcome(StrEnum):
     RATE = "rate"  # over the agent's insertion rate
     REFUSED = "refused"  # the device refused the rule
     UNEXPRESSIBLE = "unexpressible"  # no single flower match holds the megaflow
+    UNTRACKED = "untracked"  # stateful host: the packet is of no steady connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +142,7 @@ class CacheConfig:
     mask_slack: int = 0
     flags: str | None = None  # flower flags; default the profile's
     admission_memory: int = 65536  # flows remembered for admission counting
+    algorithm: str = "lengths"  # one of ALGORITHMS
 
 
 @dataclass(slots=True)
@@ -117,6 +155,37 @@ class CacheEntry:
     last_seen: float
     packets: int = 0
     bytes: int = 0
+    connection: ConnKey | None = None  # the connection a connection rule carries
+
+
+_STATE_AT = HEADER_SPACE.position("state")
+_FLAGS_AT = HEADER_SPACE.position("tcp_flags")
+_FRAG_AT = HEADER_SPACE.position("frag")
+# A connection rule's exact fields, per family: what identifies the connection.
+_CONNECTION_FIELDS = {
+    4: ("family", "ip_proto", "ip4_src", "ip4_dst", "sport", "dport"),
+    6: ("family", "ip_proto", "ip6_src", "ip6_dst", "sport", "dport"),
+}
+# The packets a connection rule must leave to the slow path: those that change
+# a TCP connection's state.
+_STATE_CHANGING = SYN | TCP_FIN | RST
+_ESTABLISHED = ValueSet.of_value(2, STATE_ESTABLISHED)
+# A connection cube before its pinned fields: every field free but the flags
+# (no SYN/FIN/RST), the state (established: the NIC cannot see it, the rule's
+# life guarantees it) and the fragment state (none: exact ports keep fragments
+# out, since flower reads a fragment's ports as 0).
+_CONNECTION_BASE = tuple(
+    ValueSet.of_ternary(8, 0, _STATE_CHANGING)
+    if i == _FLAGS_AT
+    else _ESTABLISHED
+    if i == _STATE_AT
+    else ValueSet.of_value(2, FRAG_NONE)
+    if i == _FRAG_AT
+    else fld.full
+    for i, fld in enumerate(HEADER_SPACE.fields)
+)
+_FULL_MASKS = tuple((1 << f.width) - 1 for f in HEADER_SPACE.fields)
+_ALL_BUT_FLAGS_AND_STATE = frozenset(range(len(HEADER_SPACE.fields))) - {_FLAGS_AT, _STATE_AT}
 
 
 class FlowCache:
@@ -131,9 +200,15 @@ class FlowCache:
         *,
         generation: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        connections: ConnectionTable | None = None,
     ) -> None:
         if config.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {config.mode!r}")
+        if config.algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"algorithm must be one of {', '.join(ALGORITHMS)}, not {config.algorithm!r}"
+            )
+        self.by_algebra = config.algorithm == "algebra"
         self.profile = profile
         self.installer = installer
         self.config = config
@@ -145,12 +220,14 @@ class FlowCache:
         self.entries: dict[tuple[int, int], CacheEntry] = {}  # (prio, handle) -> entry
         # Tuple-space index over installed cubes: masks -> {masked point: key}.
         self.by_mask: dict[tuple[int, ...], dict[tuple[int, ...], tuple[int, int]]] = {}
+        self._mask_fields: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
         self.admission: OrderedDict[Point, int] = OrderedDict()
         self.negative: list[tuple[Cube, float]] = []
         self.next_handle = 1
         self.bucket = TokenBucket(config.max_insert_rate, clock())
         self.prio_of: dict[int, int] = {}  # ethertype -> priority of its cache rules
         self.peak_occupancy = 0
+        self.connections = connections
         self._set_policy(policy, generation)
 
     # ------------------------------------------------------------------ lookups
@@ -158,10 +235,18 @@ class FlowCache:
         """The cache rule holding ``point`` (cache rules of one packet's rule may
         overlap; any of them decides it the same way)."""
         for masks, table in self.by_mask.items():
-            key = table.get(tuple(v & m for v, m in zip(point, masks, strict=True)))
+            key = table.get(_masked(point, self._fields_of(masks)))
             if key is not None:
                 return self.entries[key]
         return None
+
+    def _fields_of(self, masks: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """(field, mask) for the fields a mask signature looks at: a look-up walks
+        every signature, and most of a signature's fields are wildcards."""
+        fields = self._mask_fields.get(masks)
+        if fields is None:
+            fields = self._mask_fields[masks] = tuple((i, m) for i, m in enumerate(masks) if m)
+        return fields
 
     @property
     def occupancy(self) -> int:
@@ -183,19 +268,32 @@ class FlowCache:
             return self._count(MissOutcome.STALE)
         if self.lookup(point) is not None:
             return self._count(MissOutcome.COVERED)
+        if self.connections is not None:
+            return self._on_connection_miss(point, now, rule)
         if self.config.admit_after > 1 and not self._admitted(point):
             return self._count(MissOutcome.ADMISSION)
         if any(c.contains(point) and now < until for c, until in self.negative):
             return self._count(MissOutcome.NEGATIVE)
-        flow = megaflow(self.regions, point, self.shapes)
+        if self.by_algebra:
+            flow = megaflow_by_algebra(self.regions, point, self.shapes)
+        else:
+            flow = megaflow(self.regions, point, self.shapes, rule=rule)
         if flow is None:
             return self._count(MissOutcome.UNEXPRESSIBLE)
         if rule is not None and rule != flow.rule:
             return self._count(MissOutcome.STALE)
+        flow = self._off_malformed_views(flow)
+        if flow is None:
+            return self._count(MissOutcome.UNEXPRESSIBLE)
         flow = self._share_mask(flow)
         match = self._match(flow)
         if match is None:
             return self._count(MissOutcome.UNEXPRESSIBLE)
+        return self._install(flow, match, now)
+
+    def _install(
+        self, flow: Megaflow, match: FlowerMatch, now: float, connection: ConnKey | None = None
+    ) -> MissOutcome:
         if not self.bucket.take(now):
             return self._count(MissOutcome.RATE)
         if self.occupancy >= self.capacity:
@@ -208,9 +306,121 @@ class FlowCache:
             self.negative.append((flow.cube, now + self.config.negative_ttl))
             self._trim_negative(now)
             return MissOutcome.REFUSED
-        self._remember(CacheEntry(f, flow, now, now))
+        self._remember(CacheEntry(f, flow, now, now, connection=connection))
         self.stats["installs"] += 1
         return MissOutcome.INSTALLED
+
+    # ------------------------------------------------------ connection rules
+    def _on_connection_miss(self, point: Point, now: float, rule: int | None) -> MissOutcome:
+        """A stateful host's miss: a connection rule for a steady connection, or none."""
+        assert self.connections is not None
+        if any(c.contains(point) and now < until for c, until in self.negative):
+            return self._count(MissOutcome.NEGATIVE)
+        found = self.connections.find(Packet.unchecked(point), int(now * NS_PER_S))
+        if found is None or not found[0].steady:
+            return self._count(MissOutcome.UNTRACKED)
+        flow = self._connection_flow(point, rule)
+        if flow is None:
+            return self._count(MissOutcome.UNEXPRESSIBLE)
+        match = self._connection_match(flow)
+        if match is None:
+            return self._count(MissOutcome.UNEXPRESSIBLE)
+        return self._install(flow, match, now, found[0].key)
+
+    def _connection_flow(self, point: Point, rule: int | None = None) -> Megaflow | None:
+        """The cube of ``point``'s connection tuple as established packets without
+        SYN/FIN/RST, decided whole by one rule (None when the packet itself changes
+        the connection, is a fragment, or no one rule decides the tuple). ``rule``:
+        the rule the slow path decided the packet by (it was established: its
+        connection is steady), which saves the first-match look-up when it holds."""
+        space = HEADER_SPACE
+        if point[_FLAGS_AT] & _STATE_CHANGING or point[_FRAG_AT] != FRAG_NONE:
+            return None
+        if point[space.position("ip_proto")] not in PORT_PROTOCOLS:
+            return None  # echo identifiers are no flower key
+        if not point[space.position("sport")] and not point[space.position("dport")]:
+            return None  # a fragment's ports read 0 in flower: they would match
+        point = (*point[:_STATE_AT], STATE_ESTABLISHED, *point[_STATE_AT + 1 :])
+        family = point[space.position("family")]
+        exact = {space.position(n) for n in _CONNECTION_FIELDS.get(family, ())}
+        if not exact:
+            return None
+        # One flower match per tagging: the packet's own (and its VLAN when tagged).
+        exact.add(space.position("vlan_tagged"))
+        if point[space.position("vlan_tagged")]:
+            exact.add(space.position("vlan_id"))
+        if (
+            rule is None
+            or not 0 <= rule < len(self.regions.cubes)
+            or not self.regions.holds(rule, point)
+        ):
+            rule = self._rule_of(point)
+        if rule is None:
+            return None
+        # First the tuple alone; if the policy looks at more (DSCP, VLAN), the
+        # packet's own values of every field but the flags.
+        for pinned in (exact, _ALL_BUT_FLAGS_AND_STATE):
+            sets = list(_CONNECTION_BASE)
+            masks = [0] * len(sets)
+            masks[_FLAGS_AT] = _STATE_CHANGING
+            for i in pinned:
+                sets[i] = ValueSet.of_value(space.fields[i].width, point[i])
+                masks[i] = _FULL_MASKS[i]
+            cube = Cube(tuple(sets))
+            if decides_whole(self.regions, cube, rule):
+                return Megaflow(cube, tuple(masks), point, rule)
+        return None
+
+    def _rule_of(self, point: Point) -> int | None:
+        """The first rule holding ``point``: by a scan on short policies (the
+        locator's set-up costs more than it saves there), else the locator."""
+        regions = self.regions
+        if len(regions.cubes) > 64:
+            return regions.rule_of(point)
+        return next((i for i in range(len(regions.cubes)) if regions.holds(i, point)), None)
+
+    def _connection_match(self, flow: Megaflow) -> FlowerMatch | None:
+        """The one flower match of a connection rule: the exact tuple, no SYN/FIN/RST,
+        the tagging and DSCP when the cube pins them (state is not a key: every
+        packet it meets while the rule lives is established). Built directly, not
+        by :func:`expand`, since a stateful host installs one per connection; that
+        it covers exactly the (proven) cube is what tests/test_conn_cache.py
+        holds it to against ``expand`` and :meth:`FlowerMatch.cubes`."""
+        space = HEADER_SPACE
+        p, masks = flow.point, flow.masks
+        family, proto = p[space.position("family")], p[space.position("ip_proto")]
+        prefix = "ip4" if family == 4 else "ip6"
+        kinds = ["ipv4" if family == 4 else "ipv6", "ip_proto", "ports"]
+        src_at, dst_at = space.position(f"{prefix}_src"), space.position(f"{prefix}_dst")
+        full = (1 << space.fields[src_at].width) - 1
+        keys: dict[str, object] = {
+            "ip_proto": proto,
+            "src_ip": Masked(p[src_at], full),
+            "dst_ip": Masked(p[dst_at], full),
+            "src_port": Masked(p[space.position("sport")], 0xFFFF),
+            "dst_port": Masked(p[space.position("dport")], 0xFFFF),
+        }
+        if proto == PROTO_TCP:
+            keys["tcp_flags"] = Masked(0, _STATE_CHANGING)
+            kinds.append("tcp_flags")
+        dscp_at = space.position("dscp")
+        if masks[dscp_at]:
+            keys["ip_tos"] = Masked(p[dscp_at] << 2, 0xFC)
+            kinds.append("ip_tos")
+        eth = ETH_FOR_FAMILY[family]
+        if p[space.position("vlan_tagged")]:
+            kinds.append("vlan_id")
+            match = FlowerMatch(
+                ETH_P_8021Q,
+                vlan_id=p[space.position("vlan_id")],
+                vlan_ethtype=eth,
+                **keys,  # type: ignore[arg-type]
+            )
+        else:
+            match = FlowerMatch(eth, **keys)  # type: ignore[arg-type]
+        if not all(self.profile.allows_field(kind) for kind in kinds):
+            return None
+        return match
 
     def _count(self, outcome: MissOutcome) -> MissOutcome:
         self.stats[outcome.value] += 1
@@ -227,6 +437,46 @@ class FlowCache:
 
     def _trim_negative(self, now: float) -> None:
         self.negative = [(c, until) for c, until in self.negative if until > now][-1024:]
+
+    def _off_malformed_views(self, flow: Megaflow) -> Megaflow | None:
+        """The megaflow narrowed so that no malformed frame's flower view falls in it
+        (cache rules sit above the lowering's traps for those views, and the slow
+        path drops such frames), or None when the packet itself looks like one.
+
+        Each view pins fields (TCP flags, the ports, ICMP type and code to 0,
+        ip_proto to a few values): for one the packet's value is outside of,
+        fixing its bits down to its highest set one (or the whole value) keeps
+        the packet and excludes the view. Drops need nothing: the slow path drops
+        malformed frames too.
+        """
+        if self.policy.rules[flow.rule].action.kind == DROP:
+            return flow
+        for view in MALFORMED_VIEWS:
+            both = intersect(flow.cube, view.cube)
+            if both is None or not is_feasible(HEADER_SPACE, both):
+                continue
+            masks = list(flow.masks)
+            for i, values in enumerate(view.cube.sets):
+                if flow.point[i] in values:
+                    continue
+                width = HEADER_SPACE.fields[i].width
+                if values.size() == 1 and values.pick() == 0 and i not in _WHOLE_VALUE:
+                    # The packet's bits down to its highest set one exclude 0.
+                    length = width - flow.point[i].bit_length() + 1
+                else:
+                    length = width  # one value at a time in flower: pinned whole
+                masks[i] |= mask_of_length(width, length)
+                # Flower keys the field only under its exact prerequisites
+                # (ip_proto, the fragment state), as the megaflow does.
+                for alternative in HEADER_SPACE.fields[i].prerequisite:
+                    for root, _ in alternative:
+                        r = HEADER_SPACE.position(root)
+                        masks[r] = (1 << HEADER_SPACE.fields[r].width) - 1
+                break
+            else:
+                return None
+            flow = narrowed(HEADER_SPACE, flow, masks)
+        return flow
 
     def _share_mask(self, flow: Megaflow) -> Megaflow:
         """Take an installed mask signature that holds this megaflow's bits when
@@ -252,8 +502,9 @@ class FlowCache:
         if expansion.problem or len(expansion.matches) != 1:
             return None
         (match,) = expansion.matches
-        covered = match.cube()
-        if covered is None or not decides_whole(self.regions, covered, flow.rule):
+        covered = match.cubes()
+        prove = decides_whole_by_walk if self.by_algebra else decides_whole
+        if not covered or not all(prove(self.regions, c, flow.rule) for c in covered):
             raise AssertionError(f"megaflow for rule {flow.rule} is not decided whole by it")
         return match
 
@@ -285,7 +536,7 @@ class FlowCache:
         key = (entry.filter.prio, entry.filter.handle)
         self.entries[key] = entry
         masks = entry.flow.masks
-        masked = tuple(v & m for v, m in zip(entry.flow.point, masks, strict=True))
+        masked = _masked(entry.flow.point, self._fields_of(masks))
         self.by_mask.setdefault(masks, {})[masked] = key
         self.peak_occupancy = max(self.peak_occupancy, len(self.entries))
 
@@ -296,12 +547,13 @@ class FlowCache:
             if entry is None:
                 continue
             masks = entry.flow.masks
-            masked = tuple(v & m for v, m in zip(entry.flow.point, masks, strict=True))
+            masked = _masked(entry.flow.point, self._fields_of(masks))
             table = self.by_mask.get(masks, {})
             if table.get(masked) == key:
                 del table[masked]
             if not table:
                 self.by_mask.pop(masks, None)
+                self._mask_fields.pop(masks, None)
             gone.append(entry)
         return gone
 
@@ -330,7 +582,21 @@ class FlowCache:
                 continue
             if installed.packets > entry.packets and installed.last_used is not None:
                 entry.last_seen = max(entry.last_seen, now - installed.last_used)
+                if entry.connection is not None and self.connections is not None:
+                    seen_ns = int((now - installed.last_used) * NS_PER_S)
+                    if self.connections.refresh(entry.connection, seen_ns):
+                        self.stats["ct_refreshes"] += 1
             entry.packets, entry.bytes = installed.packets, installed.bytes
+        if self.connections is not None:
+            now_ns = int(now * NS_PER_S)
+            ended = []
+            for key, e in self.entries.items():
+                if e.connection is None:
+                    continue
+                connection = self.connections.get(e.connection)
+                if connection is None or not connection.steady or now_ns >= connection.expires_ns:
+                    ended.append(key)
+            self._delete(ended, "evictions_conn_ended")
         idle = [k for k, e in self.entries.items() if now - e.last_seen > self.config.max_idle]
         evicted = self._delete(idle, "evictions_idle")
         if self.occupancy > self.capacity:
@@ -350,6 +616,8 @@ class FlowCache:
         self.policy = policy
         self.generation = generation
         self.regions = PolicyRegions(HEADER_SPACE, [r.match.cube for r in policy.rules])
+        # Built now, at policy load, rather than by the first miss after it.
+        _ = self.regions.columns
 
     def update_policy(self, policy: Policy, generation: int) -> tuple[int, int]:
         """Switch to ``policy`` and revalidate every cache rule: delete those whose
@@ -365,13 +633,16 @@ class FlowCache:
         relabel: list[tuple[tuple[int, int], int]] = []
         for key, entry in self.entries.items():
             self.stats["revalidations"] += 1
-            covered = entry.filter.match.cube()
-            assert covered is not None
+            covered = entry.filter.match.cubes()
+            assert covered
             # The diff is exact: a cube meeting no changed region keeps the
             # verdict of every packet, so its rule's action is still right.
+            if entry.connection is not None:
+                covered = tuple(_as_established(c) for c in covered)
             touched = any(
-                (both := intersect(covered, region)) is not None and is_feasible(HEADER_SPACE, both)
+                (both := intersect(c, region)) is not None and is_feasible(HEADER_SPACE, both)
                 for region in changed
+                for c in covered
             )
             new_rule = self.regions.rule_of(entry.flow.point)
             if touched or new_rule is None:
@@ -383,6 +654,17 @@ class FlowCache:
             entry.flow = Megaflow(entry.flow.cube, entry.flow.masks, entry.flow.point, new_rule)
         deleted = self._delete(doomed, "revalidation_deletes")
         return len(relabel), deleted
+
+    def forget_connections(self, keys: list[ConnKey]) -> int:
+        """Delete the connection rules of ``keys`` (connections revoked by a policy
+        update); how many went."""
+        gone = set(keys)
+        doomed = [k for k, e in self.entries.items() if e.connection in gone]
+        return self._delete(doomed, "revalidation_deletes")
+
+    def cached_connections(self) -> int:
+        """Connections a cache rule carries now."""
+        return sum(1 for e in self.entries.values() if e.connection is not None)
 
     def reconcile(self) -> tuple[int, int]:
         """Adopt the device's cache rules that are sound under the current policy
@@ -396,6 +678,12 @@ class FlowCache:
                 continue
             covered = f.match.cube()
             rule = f.cookie.rule
+            if self.connections is not None:
+                if self._adopt_connection(installed, now):
+                    adopted += 1
+                else:
+                    doomed.append(f)
+                continue
             # Adopted rules join the mask index, so each field must be one
             # value/mask block (flowc's own cache rules always are); they must
             # sit in the cache's priorities, one ethertype per priority.
@@ -408,7 +696,7 @@ class FlowCache:
                 and all(t is not None for t in ternaries)
                 and 0 <= rule < len(self.policy.rules)
                 and f.action == action_for(self.policy.rules[rule].action)
-                and decides_whole(self.regions, covered, rule)
+                and all(decides_whole(self.regions, c, rule) for c in f.match.cubes())
             )
             if not sound:
                 doomed.append(f)
@@ -430,3 +718,45 @@ class FlowCache:
         self.stats["adopted"] += adopted
         self.stats["reconcile_deletes"] += len(doomed)
         return adopted, len(doomed)
+
+    def _adopt_connection(self, installed: InstalledFilter, now: float) -> bool:
+        """Adopt a connection rule a previous run left, when it is exactly the rule
+        this run would install for a steady connection of the table."""
+        assert self.connections is not None
+        f = installed.filter
+        covered = f.match.cube()
+        if covered is None or f.prio not in PLAN.cache:
+            return False
+        point = tuple(s.intervals[0][0] for s in covered.sets)
+        found = self.connections.find(Packet(point), int(now * NS_PER_S))
+        if found is None or not found[0].steady:
+            return False
+        flow = self._connection_flow(point)
+        if flow is None or self._connection_match(flow) != f.match:
+            return False
+        if f.cookie is None or f.cookie.rule != flow.rule:
+            return False
+        if f.action != action_for(self.policy.rules[flow.rule].action):
+            return False
+        if any(p == f.prio and e != f.match.protocol for e, p in self.prio_of.items()):
+            return False
+        last_seen = now - installed.last_used if installed.last_used is not None else now
+        self.prio_of.setdefault(f.match.protocol, f.prio)
+        entry = CacheEntry(
+            f, flow, now, last_seen, installed.packets, installed.bytes, found[0].key
+        )
+        self._remember(entry)
+        self.next_handle = max(self.next_handle, f.handle + 1)
+        return True
+
+
+def _as_established(c: Cube) -> Cube:
+    """``c`` with its state narrowed to established."""
+    sets = list(c.sets)
+    sets[_STATE_AT] = sets[_STATE_AT] & _ESTABLISHED
+    return Cube(tuple(sets))
+
+
+def _masked(point: Point, fields: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """The bits of ``point`` a mask signature keeps, on the fields it looks at."""
+    return tuple(point[i] & m for i, m in fields)

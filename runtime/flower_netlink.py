@@ -39,6 +39,8 @@ from backends.flower.keys import (
     key_attributes,
 )
 from backends.flower.rules import (
+    CT,
+    CT_ZONE,
     ETH_P_8021AD,
     ETH_P_8021Q,
     ETH_P_ALL,
@@ -55,6 +57,7 @@ from backends.targets import (
     TC_ACT_EXT_VAL_MASK,
     TC_ACT_GOTO_CHAIN,
     TC_ACT_OK,
+    TC_ACT_PIPE,
     TC_ACT_SHOT,
     TC_ACT_STOLEN,
 )
@@ -77,6 +80,8 @@ TCA_CLS_FLAGS_NOT_IN_HW = 1 << 3
 
 TCA_EGRESS_REDIR = 1
 TCA_EGRESS_MIRROR = 2
+# TCA_CT_ACT_* (include/uapi/linux/tc_act/tc_ct.h): the ct action's flags.
+TCA_CT_ACT_COMMIT = 1 << 0
 
 # USER_HZ: the unit of tcf_t timestamps the kernel reports (clock_t ticks ago).
 USER_HZ = 100
@@ -166,7 +171,41 @@ class skbedit_options(nla):
     tc_gen = _tc_gen
 
 
-_ACTION_OPTIONS = {"gact": gact_options, "mirred": mirred_options, "skbedit": skbedit_options}
+class ct_options(nla):
+    """TCA_CT_*: the conntrack action (act_ct); flowc writes zone 0 and the
+    commit flag, the rest decodes as opaque."""
+
+    nla_flags = NLA_F_NESTED
+    nla_map = (
+        ("TCA_CT_UNSPEC", "none"),
+        ("TCA_CT_PARMS", "tc_gen"),
+        ("TCA_CT_TM", "tcf_t"),
+        ("TCA_CT_ACTION", "uint16"),
+        ("TCA_CT_ZONE", "uint16"),
+        ("TCA_CT_MARK", "uint32"),
+        ("TCA_CT_MARK_MASK", "uint32"),
+        ("TCA_CT_LABELS", "hex"),
+        ("TCA_CT_LABELS_MASK", "hex"),
+        ("TCA_CT_NAT_IPV4_MIN", "hex"),
+        ("TCA_CT_NAT_IPV4_MAX", "hex"),
+        ("TCA_CT_NAT_IPV6_MIN", "hex"),
+        ("TCA_CT_NAT_IPV6_MAX", "hex"),
+        ("TCA_CT_NAT_PORT_MIN", "hex"),
+        ("TCA_CT_NAT_PORT_MAX", "hex"),
+        # TCA_CT_HELPER_* came after Linux 6.1 (whose headers the uapi test
+        # also reads); flowc never writes them, and a dump with one is refused.
+        ("TCA_CT_PAD", "hex"),
+    )
+    tcf_t = _tcf_t
+    tc_gen = _tc_gen
+
+
+_ACTION_OPTIONS = {
+    "gact": gact_options,
+    "mirred": mirred_options,
+    "skbedit": skbedit_options,
+    "ct": ct_options,
+}
 
 
 class tca_act_prio(nla):
@@ -295,8 +334,8 @@ class flower_options(nla):
         ("TCA_FLOWER_KEY_PORT_SRC_MAX", "be16"),
         ("TCA_FLOWER_KEY_PORT_DST_MIN", "be16"),
         ("TCA_FLOWER_KEY_PORT_DST_MAX", "be16"),
-        ("TCA_FLOWER_KEY_CT_STATE", "hex"),
-        ("TCA_FLOWER_KEY_CT_STATE_MASK", "hex"),
+        ("TCA_FLOWER_KEY_CT_STATE", "uint16"),
+        ("TCA_FLOWER_KEY_CT_STATE_MASK", "uint16"),
         ("TCA_FLOWER_KEY_CT_ZONE", "hex"),
         ("TCA_FLOWER_KEY_CT_ZONE_MASK", "hex"),
         ("TCA_FLOWER_KEY_CT_MARK", "hex"),
@@ -410,9 +449,43 @@ def _from_nla(attribute: Attribute, value: Any) -> int:
     return int(ipaddress.ip_address(value)) if attribute.codec.address else int(value)
 
 
+def action_steps(a: FlowerAction) -> list[FlowerAction | bool]:
+    """The tc actions one flowc action is, in order: a ct step (True: ct
+    commit, False: ct) before the verdict for ``ct`` (then goto chain) and for
+    commits, else the verdict alone. Both encoders write this list."""
+    if a.kind == CT:
+        return [False, FlowerAction(TRAP, chain=a.chain)]
+    if a.commit:
+        return [True, FlowerAction(a.kind, device=a.device, mark=a.mark)]
+    return [a]
+
+
 def _action_attrs(
     a: FlowerAction, cookie: Cookie | None, ifindex_of: Callable[[str], int]
 ) -> dict[str, Any]:
+    """TCA_FLOWER_ACT: the action list, the cookie on its last action."""
+    steps = action_steps(a)
+    out = []
+    for n, step in enumerate(steps):
+        act = _ct_attrs(step) if isinstance(step, bool) else _one_action_attrs(step, ifindex_of)
+        if cookie is not None and n == len(steps) - 1:
+            act.append(["TCA_ACT_COOKIE", cookie.encode()])
+        out.append([f"TCA_ACT_PRIO_{n + 1}", {"attrs": act}])
+    return {"attrs": out}
+
+
+def _ct_attrs(commit: bool) -> list[list[Any]]:
+    opts = {
+        "attrs": [
+            ["TCA_CT_PARMS", {"action": TC_ACT_PIPE}],
+            ["TCA_CT_ACTION", TCA_CT_ACT_COMMIT if commit else 0],
+            ["TCA_CT_ZONE", CT_ZONE],
+        ]
+    }
+    return [["TCA_ACT_KIND", "ct"], ["TCA_ACT_OPTIONS", opts]]
+
+
+def _one_action_attrs(a: FlowerAction, ifindex_of: Callable[[str], int]) -> list[list[Any]]:
     if a.kind in (PASS, DROP, TRAP):
         control = {PASS: TC_ACT_OK, DROP: TC_ACT_SHOT}.get(a.kind)
         if a.kind == TRAP:
@@ -436,10 +509,7 @@ def _action_attrs(
                 ["TCA_SKBEDIT_MARK", a.mark],
             ]
         }
-    act: list[list[Any]] = [["TCA_ACT_KIND", kind], ["TCA_ACT_OPTIONS", opts]]
-    if cookie is not None:
-        act.append(["TCA_ACT_COOKIE", cookie.encode()])
-    return {"attrs": [["TCA_ACT_PRIO_1", {"attrs": act}]]}
+    return [["TCA_ACT_KIND", kind], ["TCA_ACT_OPTIONS", opts]]
 
 
 def encode_filter(
@@ -573,17 +643,52 @@ def decode_filter(
     )
     acts = opts.get_attr("TCA_FLOWER_ACT")
     actions = [a for _name, a in acts["attrs"]] if acts is not None else []
-    if len(actions) != 1:
-        raise FlowerCodecError(
-            f"prio {prio} handle {msg['handle']:#x}: {len(actions)} actions, flowc models one"
-        )
-    action, cookie, packets, nbytes, last_used = _decode_action(actions[0], name_of)
+    where = f"prio {prio} handle {msg['handle']:#x}"
+    if len(actions) == 2 and actions[0].get_attr("TCA_ACT_KIND") == "ct":
+        commit = _decode_ct(actions[0], where)
+        action, cookie, packets, nbytes, last_used = _decode_action(actions[1], name_of)
+        if commit and action.kind in (PASS, REDIRECT, MIRROR, MARK):
+            action = FlowerAction(action.kind, action.device, action.mark, commit=True)
+        elif not commit and action.kind == TRAP:
+            action = FlowerAction(CT, chain=action.chain)
+        else:
+            raise FlowerCodecError(f"{where}: ct then {action.kind} is not one flowc models")
+        first_cookie = actions[0].get_attr("TCA_ACT_COOKIE")
+        if cookie is None and first_cookie is not None:
+            cookie = Cookie.decode(bytes(first_cookie))
+    elif len(actions) == 1:
+        action, cookie, packets, nbytes, last_used = _decode_action(actions[0], name_of)
+    else:
+        raise FlowerCodecError(f"{where}: {len(actions)} actions, flowc models one, or ct then one")
     chain = msg.get_attr("TCA_CHAIN") or 0
     flt = FlowerFilter(chain, prio, msg["handle"], match, action, flag_name, cookie)
     in_hw_count = opts.get_attr("TCA_FLOWER_IN_HW_COUNT") or 0
     return InstalledFilter(
         flt, packets, nbytes, last_used, bool(flags & TCA_CLS_FLAGS_IN_HW), in_hw_count
     )
+
+
+def _decode_ct(act: Any, where: str) -> bool:
+    """Whether a decoded ct action commits; refuses any ct flowc does not write
+    (another zone, NAT, clear, force, marks or labels, a control but pipe)."""
+    opts = act.get_attr("TCA_ACT_OPTIONS")
+    parms = opts.get_attr("TCA_CT_PARMS")
+    flags = opts.get_attr("TCA_CT_ACTION") or 0
+    zone = opts.get_attr("TCA_CT_ZONE") or 0
+    others = sorted(
+        name
+        for name, _value in opts["attrs"]
+        if name not in ("TCA_CT_PARMS", "TCA_CT_TM", "TCA_CT_ACTION", "TCA_CT_ZONE", "TCA_CT_PAD")
+    )
+    if (
+        parms is None
+        or parms["action"] != TC_ACT_PIPE
+        or flags & ~TCA_CT_ACT_COMMIT
+        or zone != CT_ZONE
+        or others
+    ):
+        raise FlowerCodecError(f"{where}: a ct action flowc does not model")
+    return bool(flags & TCA_CT_ACT_COMMIT)
 
 
 def _decode_action(

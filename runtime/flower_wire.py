@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from backends.flower.keys import ETH_TYPE
 from backends.flower.rules import (
+    CT_ZONE,
     ETH_P_ALL,
     PASS,
     TRAP,
@@ -39,12 +40,16 @@ from runtime.flower_netlink import (
     RTM_NEWTFILTER,
     TC_ACT_GOTO_CHAIN,
     TC_ACT_OK,
+    TC_ACT_PIPE,
     TC_ACT_SHOT,
     TC_ACT_STOLEN,
     TCA_CLS_FLAGS_SKIP_HW,
     TCA_CLS_FLAGS_SKIP_SW,
+    TCA_CT_ACT_COMMIT,
     TCA_EGRESS_MIRROR,
     TCA_EGRESS_REDIR,
+    action_steps,
+    ct_options,
     flower_options,
     flower_tcmsg,
     gact_options,
@@ -77,6 +82,7 @@ _ACT = _numbers(tca_act_prio.tca_act.nla_map)
 _GACT = _numbers(gact_options.nla_map)
 _MIRRED = _numbers(mirred_options.nla_map)
 _SKBEDIT = _numbers(skbedit_options.nla_map)
+_CT = _numbers(ct_options.nla_map)
 
 
 def _attr(number: int, payload: bytes) -> bytes:
@@ -95,7 +101,7 @@ def _asciiz(text: str) -> bytes:
 # Attributes every request repeats, built once.
 _KIND_FLOWER = _attr(_TCA["TCA_KIND"], _asciiz("flower"))
 _ACT_KIND = {
-    kind: _attr(_ACT["TCA_ACT_KIND"], _asciiz(kind)) for kind in ("gact", "mirred", "skbedit")
+    kind: _attr(_ACT["TCA_ACT_KIND"], _asciiz(kind)) for kind in ("gact", "mirred", "skbedit", "ct")
 }
 _FILTER_FLAGS = {
     flags: _attr(_FLOWER["TCA_FLOWER_FLAGS"], _U32.pack(bits))
@@ -129,12 +135,30 @@ def _key_attrs(m: FlowerMatch) -> bytes:
 def _action_attr(a: FlowerAction, cookie: Cookie | None, ifindex_of: Callable[[str], int]) -> bytes:
     # A device resolves to an ifindex on every request, never from a cache: it may
     # have been re-created since.
-    members = [
-        _action_body(a, ifindex_of) if a.kind in (REDIRECT, MIRROR) else _fixed_action_body(a)
-    ]
-    if cookie is not None:
-        members.append(_attr(_ACT["TCA_ACT_COOKIE"], cookie.encode()))
-    return _nested(_FLOWER["TCA_FLOWER_ACT"], _nested(_ACT_PRIO_1, *members))
+    steps = action_steps(a)
+    prios = []
+    for n, step in enumerate(steps):
+        if isinstance(step, bool):
+            members = [_ct_body(step)]
+        elif step.kind in (REDIRECT, MIRROR):
+            members = [_action_body(step, ifindex_of)]
+        else:
+            members = [_fixed_action_body(step)]
+        if cookie is not None and n == len(steps) - 1:
+            members.append(_attr(_ACT["TCA_ACT_COOKIE"], cookie.encode()))
+        prios.append(_nested(_ACT_PRIO_1 + n, *members))
+    return _nested(_FLOWER["TCA_FLOWER_ACT"], *prios)
+
+
+@functools.lru_cache(maxsize=2)
+def _ct_body(commit: bool) -> bytes:
+    """Kind and options of the ct action (zone 0, pipe; commit or not)."""
+    options = (
+        _attr(_CT["TCA_CT_PARMS"], _TC_GEN.pack(0, 0, TC_ACT_PIPE, 0, 0))
+        + _attr(_CT["TCA_CT_ACTION"], _U16.pack(TCA_CT_ACT_COMMIT if commit else 0))
+        + _attr(_CT["TCA_CT_ZONE"], _U16.pack(CT_ZONE))
+    )
+    return _ACT_KIND["ct"] + _nested(_ACT["TCA_ACT_OPTIONS"], options)
 
 
 _ACT_PRIO_1 = tca_act_prio.nla_map.index(("TCA_ACT_PRIO_1", "tca_act"))

@@ -10,7 +10,8 @@ echo "== ruff check";        .venv/bin/ruff check .
 echo "== ruff format";       .venv/bin/ruff format --check .
 echo "== mypy";              .venv/bin/mypy
 echo "== pytest"
-# Doctests in the packages run alongside the tests.
-"$PY" -m pytest -q tests compiler ir backends runtime verify cli "$@"
+# Doctests in the packages run alongside the tests. --durations: the slowest
+# tests in the log, so the README's time budget can be kept with evidence.
+"$PY" -m pytest -q --durations=15 tests compiler ir backends runtime verify cli "$@"
 echo "== guest kernel tier (virtme-ng, Debian kernel; boots once)"
-FLOWC_REQUIRE_GUEST=1 "$PY" -m tests.guest_runner tests/guest
+FLOWC_REQUIRE_GUEST=1 "$PY" -m tests.guest_runner --durations=15 tests/guest

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from backends.flower.rules import ROLE_CACHE, FlowerFilter
 from cli.main import main
 from compiler.frontend import compile_file, compile_source
 from ir.model import Policy
 from ir.packet import Packet
+from runtime.nic_model import NicModel
 from tests.conftest import EXAMPLES
 
 __all__ = [
@@ -77,3 +79,12 @@ def udp(i: int, dport: int) -> Packet:
         family=4, ip_proto=17, ip4_src=0x0A000000 + i, ip4_dst=0x0A630001, sport=1024 + i,
         dport=dport,
     )  # fmt: skip
+
+
+def cache_filters(model: NicModel) -> list[FlowerFilter]:
+    """The cache rules (cookie role ``cache``) installed in ``model``."""
+    return [
+        i.filter
+        for i in model.dump()
+        if i.filter.cookie is not None and i.filter.cookie.role == ROLE_CACHE
+    ]

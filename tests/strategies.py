@@ -48,17 +48,20 @@ def packets(draw: st.DrawFn) -> Packet:
     proto = draw(
         st.sampled_from([6, 17, 132, 1 if family == 4 else 58, 47, 0 if family == 4 else 59])
     )
-    fields = {"family": family, "ip_proto": proto}
+    # Mostly whole packets; fragments (first: transport header, later: none) too.
+    frag = draw(st.sampled_from([0, 0, 0, 0, 1, 2]))
+    fields = {"family": family, "ip_proto": proto, "frag": frag}
     width = 32 if family == 4 else 128
     prefix = "ip4" if family == 4 else "ip6"
     fields[f"{prefix}_src"] = draw(st.integers(0, (1 << width) - 1))
     fields[f"{prefix}_dst"] = draw(st.integers(0, (1 << width) - 1))
-    if proto in (6, 17, 132):
+    has_l4 = frag != 2  # a later fragment carries no transport fields
+    if has_l4 and proto in (6, 17, 132):
         fields["sport"] = draw(st.integers(0, 65535))
         fields["dport"] = draw(st.integers(0, 65535))
-    if proto == 6:
+    if has_l4 and proto == 6:
         fields["tcp_flags"] = draw(st.integers(0, 255))
-    if (family, proto) in ((4, 1), (6, 58)):
+    if has_l4 and (family, proto) in ((4, 1), (6, 58)):
         fields["icmp_type"] = draw(st.integers(0, 255))
         fields["icmp_code"] = draw(st.integers(0, 255))
     if draw(st.booleans()):
@@ -75,6 +78,7 @@ FAMILIES = [None, {4}, {6}]
 PROTOS = [None, {6}, {17}, {6, 17}, {1}]
 SRC_PREFIXES = [None, (BASE, 30), (BASE, 31), (BASE + 2, 31), (BASE + 1, 32), (BASE + 3, 32)]
 DPORTS = [None, (0, 3), (0, 1), (1, 2), (2, 2), (3, 3)]
+FRAGS = [None, None, None, {0}, {2}, {1, 2}]
 
 
 @st.composite
@@ -92,6 +96,11 @@ def rules(draw: st.DrawFn) -> tuple[Match, Action]:
         constraints.append(("family", ValueSet.of_values(8, family)))
     if proto is not None:
         constraints.append(("ip_proto", ValueSet.of_values(8, proto)))
+    frag = draw(st.sampled_from(FRAGS))
+    if dport is not None and (frag is None or 2 in frag):
+        frag = {0, 1}  # ports exist only where the transport header does
+    if frag is not None:
+        constraints.append(("frag", ValueSet.of_values(2, frag)))
     if src is not None:
         constraints.append(("ip4_src", ValueSet.of_prefix(32, *src)))
     if dport is not None:
@@ -113,11 +122,14 @@ def representatives() -> list[Packet]:
     for family, proto in itertools.product((4, 6), (1, 6, 17, 58, 50)):
         srcs = [BASE, BASE + 1, BASE + 2, BASE + 3, BASE + 8] if family == 4 else [0]
         ports = [0, 1, 2, 3, 4] if proto in (6, 17) else [None]
-        for src, port in itertools.product(srcs, ports):
-            fields = {"family": family, "ip_proto": proto}
+        frags = [0, 1, 2] if proto in (6, 17) else [0, 2]
+        for src, port, frag in itertools.product(srcs, ports, frags):
+            if frag == 2 and port not in (None, 0):
+                continue  # a later fragment has no ports: one representative
+            fields = {"family": family, "ip_proto": proto, "frag": frag}
             if family == 4:
                 fields["ip4_src"] = src
-            if port is not None:
+            if port is not None and frag != 2:
                 fields["dport"] = port
                 fields["sport"] = 1000
             out.append(Packet.make(**fields))

@@ -34,7 +34,7 @@ from backends.nic_profile import load_profile
 from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
-from runtime.agent.core import CATCH_ALL_PRIO, GUARD_PRIO, Agent, AgentConfig
+from runtime.agent.core import CATCH_ALL_PRIO, GUARD_PRIO, Agent, AgentConfig, _point_of
 from runtime.agent.counters import COUNTERS, GAUGES
 from runtime.agent.metrics import SnapshotCollector
 from runtime.agent.priorities import PLAN
@@ -42,6 +42,7 @@ from runtime.agent.slow_path_model import SlowPathModel
 from runtime.flow_cache import CacheConfig
 from runtime.nic_model import NicModel
 from tests.fixtures import AGENT_POLICY, FakeClock, compiled, udp
+from tests.strategies import packets
 
 UPDATED = AGENT_POLICY.replace("allow udp dport 5001", "drop udp dport 5001")
 
@@ -254,11 +255,12 @@ def test_restart_adopts_sound_rules_deletes_the_rest_and_doubles_nothing(proacti
 
 
 def test_stop_removes_every_flowc_filter_and_releases_the_slow_path() -> None:
-    # A proactive budget of ten filters: the rest of the policy traps and gets cached.
+    # A proactive budget of 20 filters (the fragment and malformed-frame traps take 13):
+    # the rest of the policy traps and gets cached.
     host = Host(
         compiled(AGENT_POLICY),
         proactive=True,
-        cache=CacheConfig(max_insert_rate=None, capacity=188),
+        cache=CacheConfig(max_insert_rate=None, capacity=178),
     )
     host.agent.start()
     host.send(TRAFFIC)
@@ -366,3 +368,19 @@ def test_the_nic_never_disagrees_with_the_policy_across_an_update(
             assert decided.action == action_for(evaluate(running, packet).rule.action)
     host.agent.stop()
     assert host.flowc_filters() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(packets())
+def test_a_flow_key_reads_back_as_its_packet(packet: Packet) -> None:
+    """The queue reads a ring-buffer key from its bytes (faster than the key's own
+    conversion): the same packet, for every field of the header space."""
+    key = FlowKey.from_packet(packet)
+    assert _point_of(key, bytes(key)) == key.to_packet().values == packet.values
+
+
+def test_a_flow_key_that_is_no_packet_is_refused() -> None:
+    key = FlowKey.from_packet(udp(1, 80))
+    key.family = 5
+    with pytest.raises(ValueError, match="family"):
+        _point_of(key, bytes(key))

@@ -45,7 +45,13 @@ def test_round_trip() -> None:
     status = parse_status(render(snapshot()))
     assert status.agent["misses"] == 7 and status.agent["installs"] == 2
     assert status.agent["occupancy"] == 1 and status.agent["generation"] == 3
-    assert status.evictions == {"idle": 1, "capacity": 0, "revalidation": 4, "reconcile": 0}
+    assert status.evictions == {
+        "idle": 1,
+        "capacity": 0,
+        "revalidation": 4,
+        "reconcile": 0,
+        "connection ended": 0,
+    }
     rule = status.rules[0]
     assert rule.text == 'allow udp dport 5000 "web"'  # label escaping survives
     assert rule.line == "edge.fw:3"

@@ -121,7 +121,13 @@ def test_findings_are_safe_to_act_on_together(
 
 
 def test_identical_rules_are_not_both_findings() -> None:
-    tcp22 = Match((("ip_proto", ValueSet.of_value(8, 6)), ("dport", ValueSet.of_value(16, 22))))
+    tcp22 = Match(
+        (
+            ("ip_proto", ValueSet.of_value(8, 6)),
+            ("frag", ValueSet.of_values(2, (0, 1))),
+            ("dport", ValueSet.of_value(16, 22)),
+        )
+    )
     policy = make_policy([(tcp22, Action("allow")), (tcp22, Action("allow"))], "drop")
     findings = analysis.analyse(policy)
     assert [s.rule.priority for s in findings.shadowed] == [1]
@@ -132,7 +138,13 @@ def test_identical_rules_are_not_both_findings() -> None:
 def test_redundant_names_the_rule_left_after_a_chain() -> None:
     """A redundant via B, B redundant via the default: A's packets go to the default."""
     tcp = Match((("ip_proto", ValueSet.of_value(8, 6)),))
-    tcp22 = Match((("ip_proto", ValueSet.of_value(8, 6)), ("dport", ValueSet.of_value(16, 22))))
+    tcp22 = Match(
+        (
+            ("ip_proto", ValueSet.of_value(8, 6)),
+            ("frag", ValueSet.of_values(2, (0, 1))),
+            ("dport", ValueSet.of_value(16, 22)),
+        )
+    )
     policy = make_policy([(tcp22, Action("allow")), (tcp, Action("allow"))], "allow")
     findings = analysis.analyse(policy)
     assert [(r.rule.priority, [d.priority for d in r.decided_by]) for r in findings.redundant] == [
@@ -143,7 +155,13 @@ def test_redundant_names_the_rule_left_after_a_chain() -> None:
 
 def test_shadowed_rule_whose_shadower_goes_names_the_rule_that_takes_over() -> None:
     tcp = Match((("ip_proto", ValueSet.of_value(8, 6)),))
-    tcp22 = Match((("ip_proto", ValueSet.of_value(8, 6)), ("dport", ValueSet.of_value(16, 22))))
+    tcp22 = Match(
+        (
+            ("ip_proto", ValueSet.of_value(8, 6)),
+            ("frag", ValueSet.of_values(2, (0, 1))),
+            ("dport", ValueSet.of_value(16, 22)),
+        )
+    )
     policy = make_policy([(tcp, Action("allow")), (tcp22, Action("allow"))], "allow")
     findings = analysis.analyse(policy)
     ((sh, [by], then),) = [
@@ -166,7 +184,13 @@ def test_drop_unreachable_keeps_every_verdict(specs: list, default: str) -> None
 
 def test_single_shadowing_rule_is_named() -> None:
     wide = Match((("ip_proto", ValueSet.of_value(8, 6)),))
-    narrow = Match((("ip_proto", ValueSet.of_value(8, 6)), ("dport", ValueSet.of_value(16, 22))))
+    narrow = Match(
+        (
+            ("ip_proto", ValueSet.of_value(8, 6)),
+            ("frag", ValueSet.of_values(2, (0, 1))),
+            ("dport", ValueSet.of_value(16, 22)),
+        )
+    )
     policy = make_policy([(wide, Action("allow")), (narrow, Action("drop"))], "drop")
     (finding,) = analysis.analyse(policy).shadowed
     assert finding.rule.priority == 1

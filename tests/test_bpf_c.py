@@ -72,6 +72,7 @@ def test_maps_json_describes_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(fields) == {
         "family",
         "ip_proto",
+        "frag",  # port rules imply frag none,first (FRAMES.md)
         "ip4_src",
         "ip4_dst",
         "ip6_src",

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.flower import lowering as flower
+from backends.flower.dissector import MALFORMED_VIEWS
 from backends.flower.rules import (
     ETH_P_8021Q,
     ETH_P_IP,
@@ -32,6 +33,7 @@ from backends.flower.rules import (
 )
 from backends.nic_profile import ProfileError, load_profile, profile_names
 from ir.analysis import region_witnesses
+from ir.fields import FRAG_NONE
 from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
@@ -178,11 +180,31 @@ def test_actions_map_to_gact_mirred_skbedit_kinds() -> None:
 def test_frames_outside_the_model_are_trapped_first() -> None:
     program = flower.lower(policy_of("allow udp"))
     frames = [f for f in program.filters if f.cookie is not None and f.cookie.role == ROLE_FRAME]
-    assert [(f.prio, f.action.kind) for f in frames] == [(1, TRAP), (2, TRAP)]
-    # Later filters may share those priorities only when disjoint from the trap.
+    # QinQ and 802.1ad first, then the flower views of truncated UDP headers
+    # (the policy reads no transport field, so fragments need no trap).
+    assert [(f.prio, f.action.kind) for f in frames[:2]] == [(1, TRAP), (2, TRAP)]
+    assert frames[0].match.vlan_ethtype == ETH_P_8021Q and frames[1].match.protocol == 0x88A8
+    assert all(f.action.kind == TRAP for f in frames)
+    assert all(f.match.ip_flags is None for f in frames)
+    assert {f.match.ip_proto for f in frames[2:]} == {17}
+    # Later filters may share a trap's priority only when disjoint from it.
     for f in program.filters:
-        if f.prio in (1, 2) and f not in frames:
-            assert all(keys_disjoint(f.match, t.match) for t in frames)
+        if f not in frames:
+            assert all(keys_disjoint(f.match, t.match) for t in frames if t.prio == f.prio)
+
+
+def test_fragments_are_trapped_when_the_policy_reads_ports() -> None:
+    program = flower.lower(policy_of("allow tcp dport 80"))
+    traps = [f for f in program.filters if f.match.ip_flags is not None]
+    assert {(f.match.protocol, f.match.vlan_ethtype) for f in traps} == {
+        (ETH_P_IP, None),
+        (ETH_P_IPV6, None),
+        (ETH_P_8021Q, ETH_P_IP),
+        (ETH_P_8021Q, ETH_P_IPV6),
+    }
+    assert all(f.action.kind == TRAP and f.match.ip_flags == Masked(1, 1) for f in traps)
+    first = max(f.prio for f in traps)
+    assert all(f.prio > first for f in program.filters if f.cookie and f.cookie.rule is not None)
 
 
 def test_priorities_shared_only_by_disjoint_filters_of_one_protocol() -> None:
@@ -214,7 +236,9 @@ def test_cookie_round_trip_and_foreign_cookies() -> None:
 
 # --------------------------------------------------------------- partitioner
 def test_unsupported_key_is_trapped_and_reported() -> None:
-    policy = policy_of("drop tcp flags syn,!ack\nallow tcp dport 80")
+    # (An allow would be trapped too on ice: it would pass truncated TCP headers,
+    # whose flags read 0, and ice has no TCP-flags key to trap those.)
+    policy = policy_of("drop tcp flags syn,!ack\ndrop tcp dport 80")
     program = flower.lower(policy, load_profile("ice-e810"))
     assert program.placements[0].placement == flower.TRAPPED
     assert "tcp_flags" in program.placements[0].reason
@@ -270,7 +294,13 @@ def test_software_profile_decides_every_ip_packet_itself(path: Path) -> None:
         program = lowered(policy, "software")
         assert program.counts()[flower.HARDWARE] == len(policy.rules)
         for point, _rule in region_witnesses(policy):
-            assert not classify(ordered(program.filters), Packet(point)).trapped
+            packet = Packet(point)
+            # Fragments and the flower views of malformed frames go to the slow path.
+            if packet.get("frag") != FRAG_NONE or any(
+                v.cube.contains(point) for v in MALFORMED_VIEWS
+            ):
+                continue
+            assert not classify(ordered(program.filters), packet).trapped
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -32,11 +32,14 @@ from ir.megaflow import (
     _wider,
     block,
     decides_whole,
+    decides_whole_by_walk,
     mask_of_length,
     megaflow,
+    megaflow_by_algebra,
     narrowed,
 )
 from ir.packet import Packet, Point, prerequisites_met
+from ir.valueset import ValueSet
 from tests.fixtures import EXAMPLE_PATHS, example_policies
 from tests.strategies import PACKETS, SMALL, cubes
 
@@ -164,3 +167,62 @@ def test_exact_5tuple_pins_the_five_tuple_and_megaflow_is_wider() -> None:
         assert exact.cube.sets[HEADER_SPACE.index[name]].size() == 1
     assert all(e.is_subset(w) for e, w in zip(exact.cube.sets, wide.cube.sets, strict=True))
     assert wide.cube != exact.cube
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(cubes, max_size=6), st.sampled_from(SMALL_SHAPES), st.data())
+def test_a_slow_path_rule_hint_is_checked_not_trusted(
+    rule_cubes: list[Cube], shapes: Shapes, data: st.DataObject
+) -> None:
+    """A miss event's rule saves the first-match look-up; a wrong one (another
+    generation's, a corrupted event) must still give the first match's megaflow."""
+    rules = [*rule_cubes, Cube(tuple(f.full for f in SMALL.fields))]
+    regions = PolicyRegions(SMALL, rules)
+    point = data.draw(st.sampled_from(PACKETS))
+    hint = data.draw(st.integers(-1, len(rules)))
+    flow = megaflow(regions, point, shapes, rule=hint)
+    plain = megaflow(regions, point, shapes)
+    assert flow is not None and plain is not None
+    assert flow.rule == first_rule(rules, point)
+    assert flow.masks == plain.masks
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(cubes, max_size=6), st.sampled_from(SMALL_SHAPES), st.data())
+def test_miss_lengths_build_the_same_megaflows_as_the_cube_algebra(
+    rule_cubes: list[Cube], shapes: Shapes, data: st.DataObject
+) -> None:
+    """The fast construction runs the old greedy on integers: same cuts, same
+    widening, so the same cube (rule counts do not move)."""
+    rules = [*rule_cubes, Cube(tuple(f.full for f in SMALL.fields))]
+    regions = PolicyRegions(SMALL, rules)
+    point = data.draw(st.sampled_from(PACKETS))
+    fast = megaflow(regions, point, shapes)
+    slow = megaflow_by_algebra(regions, point, shapes)
+    assert fast is not None and slow is not None
+    assert fast.rule == slow.rule
+    assert fast.masks == slow.masks
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(cubes, max_size=6), cubes, st.data())
+def test_the_install_proof_is_exact(rule_cubes: list[Cube], q: Cube, data: st.DataObject) -> None:
+    """decides_whole says yes exactly when every packet of ``q`` has ``rule`` as its
+    first match (brute force), and agrees with the region walk it replaced."""
+    rules = [*rule_cubes, Cube(tuple(f.full for f in SMALL.fields))]
+    regions = PolicyRegions(SMALL, rules)
+    rule = data.draw(st.integers(0, len(rules) - 1))
+    members = [p for p in PACKETS if q.contains(p)]
+    truth = all(first_rule(rules, p) == rule for p in members)
+    assert decides_whole(regions, q, rule) == truth
+    assert decides_whole_by_walk(regions, q, rule) == truth
+
+
+def test_proof_refuses_a_cube_reaching_into_an_earlier_rule() -> None:
+    web = Cube((ValueSet.of_value(2, 3), ValueSet.full(4), ValueSet.of_value(3, 5)))
+    rest = Cube(tuple(f.full for f in SMALL.fields))
+    regions = PolicyRegions(SMALL, [web, rest])
+    proto3 = Cube((ValueSet.of_value(2, 3), ValueSet.full(4), ValueSet.full(3)))
+    assert not decides_whole(regions, proto3, 1)
+    other = Cube((ValueSet.of_value(2, 1), ValueSet.full(4), ValueSet.full(3)))
+    assert decides_whole(regions, other, 1)

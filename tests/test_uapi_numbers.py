@@ -25,6 +25,7 @@ def flowc_numbers() -> dict[str, dict[str, int]]:
     each module's named constants. Point this at new tables when they move
     (a flower key registry, say); the test below needs no change."""
     from backends import targets
+    from backends.flower import keys
     from backends.flower.keys import key_attributes
     from runtime import flower_netlink as fn
     from runtime import flower_wire, netlink
@@ -48,6 +49,11 @@ def flowc_numbers() -> dict[str, dict[str, int]]:
         "gact_options (TCA_GACT_*)": table(fn.gact_options.nla_map),
         "mirred_options (TCA_MIRRED_*)": table(fn.mirred_options.nla_map),
         "skbedit_options (TCA_SKBEDIT_*)": table(fn.skbedit_options.nla_map),
+        "ct_options (TCA_CT_*)": table(fn.ct_options.nla_map),
+        "backends.flower.keys (ct_state flags)": {
+            f"TCA_FLOWER_KEY_CT_FLAGS_{name}": getattr(keys, f"CT_FLAG_{name}")
+            for name in ("NEW", "ESTABLISHED", "RELATED", "TRACKED", "INVALID", "REPLY")
+        },
         "runtime.flower_netlink": constants(fn),
         "runtime.flower_wire": constants(flower_wire),
         "runtime.netlink": constants(netlink),
@@ -98,3 +104,49 @@ def test_flowc_numbers_are_the_kernels(headers: str) -> None:
         if name not in kernel
     ]
     assert wrong == [] and unknown == []
+
+
+NETKIT_HEADERS = ("bpf.h", "if_link.h", "rtnetlink.h")
+NETKIT_HEADER_DIRS = [
+    d for d in HEADER_DIRS if "BPF_NETKIT_PEER" in (Path(d) / "bpf.h").read_text()
+]
+
+
+def netkit_numbers() -> dict[str, dict[str, int]]:
+    """The bpf(2) and rtnetlink numbers of flowc's link attach and netkit pairs
+    (attach types, link types, commands, IFLA_* attributes, netkit's verdicts
+    and modes), which live in headers the tc test above does not read."""
+    from backends import targets
+    from runtime import bpf_syscall, netkit
+
+    pattern = re.compile(r"^(BPF|IFLA|NETKIT|RTM)_[A-Z0-9_]+$")
+
+    def constants(module: Any) -> dict[str, int]:
+        return {
+            k: v
+            for k, v in vars(module).items()
+            if pattern.match(k) and isinstance(v, int) and not isinstance(v, bool)
+        }
+
+    return {
+        "runtime.bpf_syscall": constants(bpf_syscall),
+        "runtime.netkit": constants(netkit),
+        "backends.targets": constants(targets),
+    }
+
+
+def test_netkit_numbers_are_the_kernels() -> None:
+    if not NETKIT_HEADER_DIRS:
+        pytest.skip("no kernel headers with netkit (linux-headers-6.12.*-common); run setup.sh")
+    root = Path(NETKIT_HEADER_DIRS[-1])
+    kernel = header_numbers((root / header).read_text() for header in NETKIT_HEADERS)
+    checked = netkit_numbers()
+    assert {"BPF_NETKIT_PRIMARY", "BPF_NETKIT_PEER"} <= set(checked["runtime.bpf_syscall"])
+    assert {"IFLA_NETKIT_PEER_INFO", "NETKIT_L2"} <= set(checked["runtime.netkit"])
+    wrong = [
+        f"{where}: {name} is {number}, the kernel's {kernel.get(name, '(absent)')}"
+        for where, numbers in checked.items()
+        for name, number in numbers.items()
+        if kernel.get(name) != number
+    ]
+    assert wrong == []

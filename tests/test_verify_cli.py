@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from backends.flower import lowering
+from backends.flower.rules import FlowerAction, FlowerFilter, FlowerMatch
+from backends.flower.text import to_tc_json
 from cli.main import main
 from compiler.frontend import compile_file, compile_source
 from compiler.packet_syntax import parse_packet
 from ir.diff import diff_policies
 from ir.interp import evaluate
 from tests.fixtures import EXAMPLE_PATHS
+from verify.bpf import BpfCheck, Phase
 
 WEB = Path(__file__).resolve().parent.parent / "examples" / "web-tier.fw"
 
@@ -69,6 +73,55 @@ def test_a_changed_action_in_tc_json_is_a_counterexample(
     assert evaluate(policy, packet).action.kind == "drop"
     assert ce["filter"]["prio"] == victim["pref"]
     assert ce["rule"]["line"] == evaluate(policy, packet).rule.origin.line
+
+
+def _same_priority_dump(tmp_path: Path, *, shielded: bool) -> Path:
+    """web-tier's lowering with an ambiguous pair appended at a new priority: a
+    drop and a pass on all TCP, overlapping; ``shielded`` puts a trap on all IPv4
+    before them, so no packet reaches either."""
+    filters = list(lowering.lower(compile_file(str(WEB)).program.policies[0]).filters)  # type: ignore[union-attr]
+    last = max(f.prio for f in filters)
+    tcp = FlowerMatch(0x0800, ip_proto=6)
+    extra = [
+        FlowerFilter(0, 1, 99, FlowerMatch(0x0800), FlowerAction("trap", chain=1)),
+        FlowerFilter(0, last + 1, 1, tcp, FlowerAction("drop")),
+        FlowerFilter(0, last + 1, 2, tcp, FlowerAction("pass")),
+    ]
+    if not shielded:
+        extra = extra[1:]
+        filters = [f for f in filters if f.match.protocol != 0x0800]
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(to_tc_json([*filters, *extra])))
+    return path
+
+
+def test_an_unreachable_same_priority_overlap_verifies(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = _same_priority_dump(tmp_path, shielded=True)
+    code, out, _ = run(capsys, "verify", str(WEB), "--flower", str(path), "--no-bpf")
+    assert code == 0, out
+    code, out, _ = run(capsys, "audit", "--policy", str(WEB), "--filters", str(path))
+    assert code == 0, out
+
+
+def test_a_reachable_same_priority_overlap_names_the_wrong_kernel_choice(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = _same_priority_dump(tmp_path, shielded=False)
+    code, out, _ = run(capsys, "verify", str(WEB), "--flower", str(path), "--no-bpf")
+    assert code == 1
+    assert "kernel:  may pick chain 0 prio" in out and "mask creation order decides" in out
+    assert "WRONG" in out and "agrees" in out
+    code, out, _ = run(capsys, "verify", str(WEB), "--flower", str(path), "--no-bpf", "--json")
+    ce = json.loads(out)["counterexample"]
+    choices = {c["handle"]: c for c in ce["choices"]}
+    assert set(choices) == {1, 2}
+    wrong = choices[ce["filter"]["handle"]]
+    assert wrong["agrees"] is False and wrong["flower"] == ce["flower"]
+    assert [c["agrees"] for c in ce["choices"]].count(True) == 1
+    code, out, _ = run(capsys, "audit", "--policy", str(WEB), "--filters", str(path))
+    assert code == 1 and "kernel:  may pick" in out
 
 
 def test_foreign_json_is_an_input_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -252,3 +305,33 @@ def test_audit_of_a_filter_the_policy_cannot_express_exits_3(
     code, out, _ = run(capsys, "audit", "--policy", str(WEB), "--filters", str(path))
     assert code == 3, out
     assert "UNCHECKED" in out and "ECN" in out and "INCOMPLETE" in out
+
+
+def test_bpf_rules_the_witness_search_gave_up_on_make_verify_incomplete(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reported by name and counted in the JSON, never skipped silently (exit 3)."""
+    policy = compile_file(str(WEB)).program.policies[0]  # type: ignore[union-attr]
+    stuck = policy.rules[1]
+    result = BpfCheck(
+        packets=len(policy.rules) - 2 + 20 + 5,
+        counterexample=None,
+        witnessed=len(policy.rules) - 2,
+        shadowed=1,
+        gave_up=(stuck,),
+        boundary=20,
+        random=5,
+        phases=(Phase("compile+load", 1.0, 50.0),),
+    )
+    monkeypatch.setattr("cli.verify.check_bpf", lambda *_a, **_k: result)
+    code, out, _ = run(capsys, "verify", str(WEB))
+    assert code == 3
+    assert "bpf: gave up finding a packet for 1 rules" in out
+    assert f"{stuck.origin}: {stuck.origin.text}" in out
+    code, out, _ = run(capsys, "verify", str(WEB), "--json")
+    bpf = next(c for c in json.loads(out)["checks"] if c["check"] == "bpf")
+    assert code == 3 and bpf["equivalent"] and not bpf["settled"]
+    assert bpf["rules"]["gave_up"] == [
+        {"file": stuck.origin.file, "line": stuck.origin.line, "text": stuck.origin.text}
+    ]
+    assert bpf["rules"]["shadowed"] == 1 and bpf["boundary_packets"] == 20

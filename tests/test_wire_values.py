@@ -40,6 +40,7 @@ def test_cookie_role_bytes_are_pinned() -> None:
         "FRAME": 2,
         "CUTOFF": 3,
         "CACHE": 4,
+        "CT": 5,
     }
 
 
@@ -51,8 +52,9 @@ def test_flower_kinds_are_tc_spellings() -> None:
         "MIRROR": "mirror",
         "MARK": "mark",
         "TRAP": "trap",
+        "CT": "ct",
     }
-    assert ACTION_KINDS == ("pass", "drop", "redirect", "mirror", "mark", "trap")
+    assert ACTION_KINDS == ("pass", "drop", "redirect", "mirror", "mark", "trap", "ct", "ct_commit")
 
 
 def test_ir_actions_map_through_one_table() -> None:
@@ -97,6 +99,7 @@ def test_miss_outcomes_are_pinned() -> None:
         "rate",
         "refused",
         "unexpressible",
+        "untracked",
     ]
 
 
@@ -135,7 +138,7 @@ def test_cookies_an_older_flowc_wrote_decode(data: bytes, cookie: Cookie) -> Non
 @pytest.mark.parametrize(
     "data",
     [
-        b"FC\x01\x05\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00",  # no role 5
+        b"FC\x01\x06\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00",  # no role 6
         b"FC\x02\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00",  # version 2
         b"XX\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00",  # not flowc's
         b"FC\x01\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00",  # 15 bytes

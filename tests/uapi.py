@@ -20,6 +20,7 @@ HEADERS = (
     "tc_act/tc_gact.h",
     "tc_act/tc_mirred.h",
     "tc_act/tc_skbedit.h",
+    "tc_act/tc_ct.h",
 )
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _SUFFIX = re.compile(r"\b(0[xX][0-9a-fA-F]+|\d+)[uUlL]+\b")

@@ -24,9 +24,33 @@ CONFIG_F_EVENTS = 1
 """FLOWC_CONFIG_F_EVENTS: emit miss events."""
 CONFIG_F_NO_MEMO = 2
 """FLOWC_CONFIG_F_NO_MEMO: walk the bit vectors even when the memo is compiled in."""
+CONFIG_F_CT_GIVEN = 4
+"""FLOWC_CONFIG_F_CT_GIVEN: the checker's mode, the state given, nothing tracked."""
+CONFIG_CT_GIVEN_SHIFT = 8
+"""FLOWC_CONFIG_CT_GIVEN_SHIFT: where in the flags the given state sits."""
 
-STATUS_NAMES = ("not_ip", "malformed", "no_rule", "events_lost", "events_sent")
-"""The status counters by index (FLOWC_STATUS_*; FLOWC_STATUS_COUNT of them)."""
+STATUS_NAMES = (
+    "not_ip",
+    "malformed",
+    "no_rule",
+    "events_lost",
+    "events_sent",
+    "malformed_l2",
+    "malformed_l3",
+    "malformed_l4",
+    "ct_new",
+    "ct_established",
+    "ct_related",
+    "ct_invalid",
+    "ct_commits",
+    "ct_untracked",
+    "ct_expired",
+    "ct_closed",
+)
+"""The status counters by index (FLOWC_STATUS_*; FLOWC_STATUS_COUNT of them).
+``malformed`` counts every malformed frame, ``malformed_l2/l3/l4`` the same frames
+by layer (named as ``ir.interp.Unclassified``'s values); ``ct_*`` the connection
+tracker's (ir/conntrack.py COUNTERS of the same names; 0 without tracking)."""
 
 BANKS = 2
 """FLOWC_BANKS: every policy map holds this many copies (bank * size + index)."""
@@ -42,6 +66,8 @@ RULE_STATS_MAP = "flowc_rule_stats"
 STATUS_MAP = "flowc_status"
 CONFIG_MAP = "flowc_config"
 EVENTS_MAP = "flowc_events"
+CT_MAP = "flowc_ct"
+"""The host's connection table (bpf/flowc_ct.h), pinned; struct flowc_ct_key -> entry."""
 
 
 def class_map(field: str) -> str:
@@ -76,7 +102,9 @@ class FlowKey(ct.Structure):
         ("icmp_type", ct.c_uint8),
         ("icmp_code", ct.c_uint8),
         ("tcp_flags", ct.c_uint8),
-        ("pad0", ct.c_uint8 * 3),
+        ("frag", ct.c_uint8),
+        ("state", ct.c_uint8),
+        ("pad0", ct.c_uint8),
         ("sport", ct.c_uint16),
         ("dport", ct.c_uint16),
         ("ip4_src", ct.c_uint8 * 4),
@@ -94,6 +122,8 @@ class FlowKey(ct.Structure):
         "icmp_type",
         "icmp_code",
         "tcp_flags",
+        "frag",
+        "state",
         "sport",
         "dport",
     )
@@ -148,7 +178,38 @@ class Config(ct.Structure):
         ("flags", ct.c_uint32),
         ("dedup_ns", ct.c_uint64),
         ("bank", ct.c_uint32),
-        ("pad0", ct.c_uint32),
+        ("ct_fast", ct.c_uint32),
+        ("ct_now_ns", ct.c_uint64),
+    )
+
+
+class CtKey(ct.Structure):
+    """struct flowc_ct_key: a connection's original-direction tuple."""
+
+    _fields_ = (
+        ("family", ct.c_uint8),
+        ("proto", ct.c_uint8),
+        ("pad0", ct.c_uint16),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("src", ct.c_uint8 * 16),
+        ("dst", ct.c_uint8 * 16),
+    )
+
+
+class CtEntry(ct.Structure):
+    """struct flowc_ct_entry: one connection."""
+
+    _fields_ = (
+        ("expires_ns", ct.c_uint64),
+        ("created_ns", ct.c_uint64),
+        ("last_ns", ct.c_uint64),
+        ("packets_orig", ct.c_uint64),
+        ("packets_reply", ct.c_uint64),
+        ("replied", ct.c_uint8),
+        ("tcp", ct.c_uint8),
+        ("fin_from", ct.c_uint8),
+        ("pad0", ct.c_uint8 * 5),
     )
 
 
@@ -168,6 +229,8 @@ MIRRORS: dict[str, type[ct.Structure]] = {
     "flowc_action": ActionEntry,
     "flowc_config": Config,
     "flowc_event": Event,
+    "flowc_ct_key": CtKey,
+    "flowc_ct_entry": CtEntry,
 }
 """C struct name -> its mirror: every struct user space reads or writes through
 ctypes (bit vectors, LPM keys and rule counters go through the types bcc derives

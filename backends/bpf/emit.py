@@ -19,18 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.bpf import abi
+from backends.bpf.conntrack import CtSpec, ct_defines, established_rule
 from backends.bpf.tables import (
     ARRAY,
     DIR4,
+    GRID_MAX_GROUPS,
+    GRID_MIN_WORDS,
     LPM6,
     ClassifierTables,
     FieldTable,
     build_tables,
     dir_levels,
+    used_fields,
 )
-from backends.targets import TC, TC_ACT_NAMES, BpfTarget
+from backends.targets import TC, BpfTarget
 from ir.fields import HEADER_SPACE, RENDER_IP4, RENDER_IP6
 from ir.model import Policy, Rule
+from ir.state_analysis import policy_uses_state
 from ir.valueset import ValueSet
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
@@ -43,6 +48,10 @@ MEMO_BITS = 13
 # cheaper of the two below a few hundred rules (bench/bpf_bench.py).
 MEMO_MIN_WORDS = 8
 ENTRY_FUNCTION = "flowc_tc"
+# The summary grid's map (backends/bpf/tables.py, build_grid): bank * cells +
+# row group * GRID_MAX_GROUPS + column group -> struct flowc_grid_cell. Sized
+# for the most groups a policy can have, so any refill fits.
+GRID_MAP = "flowc_grid"
 
 
 class BpfLoweringError(ValueError):
@@ -71,6 +80,7 @@ class Capacities:
     lpm_entries: tuple[tuple[str, int], ...]  # IPv6 field -> max trie entries
     dir_entries: tuple[tuple[str, int, int], ...]  # IPv4 field -> level-2, level-3 sizes
     memo: bool = False  # the bitvec classifier remembers class tuples (flowc_memo)
+    grid: tuple[str, str] | None = None  # the summary grid's row and column fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +94,9 @@ class BpfProgram:
         tables: what the bitvec maps hold (None for chain).
         capacities: the map sizes compiled in.
         target: the attach point it is generated for (entry signature, verdicts).
+        conntrack: the connection tracking compiled in (None: none, every packet new).
+        fast_rule: the rule id that decides every established packet (the
+            established fast lane, written to the config map), or None.
     """
 
     policy: Policy
@@ -92,6 +105,8 @@ class BpfProgram:
     tables: ClassifierTables | None
     capacities: Capacities
     target: BpfTarget = TC
+    conntrack: CtSpec | None = None
+    fast_rule: int | None = None
 
 
 def _inlined(header: str) -> list[str]:
@@ -116,7 +131,7 @@ def _verdicts(target: BpfTarget) -> list[str]:
         "",
         f"/* Verdicts of the attach point: {target.description}. */",
         *(
-            f"#define FLOWC_VERDICT_{what} {code} /* {TC_ACT_NAMES.get(code, code)} */"
+            f"#define FLOWC_VERDICT_{what} {code} /* {target.verdict_name(code)} */"
             for what, code in codes
         ),
     ]
@@ -154,6 +169,7 @@ def _header(policy: Policy, strategy: str) -> list[str]:
 
 
 def _capacities(policy: Policy, tables: ClassifierTables | None, memo: bool | None) -> Capacities:
+    """Map sizes for ``tables`` with head-room (see :class:`Capacities`)."""
     # Head-room so the next version of the policy can be a map refill.
     count = len(policy.rules)
     n_rules = _pow2(count, 64) if count <= 4096 else -(-count // 4096) * 4096
@@ -182,12 +198,13 @@ def _capacities(policy: Policy, tables: ClassifierTables | None, memo: bool | No
         tuple(lpm),
         tuple(direct),
         memo=memo and tables is not None and bool(fields),
+        grid=tables.grid.fields if tables is not None and tables.grid is not None else None,
     )
 
 
 def fits(need: Capacities, have: Capacities) -> bool:
     """True when tables needing ``need`` fit maps compiled with ``have``."""
-    if need.fields != have.fields or need.n_rules > have.n_rules:
+    if need.fields != have.fields or need.n_rules > have.n_rules or need.grid != have.grid:
         return False
     pairs = [
         (dict(need.classes), dict(have.classes)),
@@ -209,7 +226,9 @@ def lower(
     *,
     capacities: Capacities | None = None,
     memo: bool | None = None,
+    grid: bool | None = None,
     target: BpfTarget = TC,
+    conntrack: CtSpec | None = None,
 ) -> BpfProgram:
     """Generate the slow-path C for ``policy`` with the given classification strategy.
 
@@ -217,14 +236,28 @@ def lower(
     with exactly those map sizes, so its maps can be refilled in place; raises
     :class:`ShapeChanged` when the policy does not fit them. ``memo`` compiles
     the bitvec classifier's class-tuple memo in or out (default: in from
-    ``MEMO_MIN_WORDS`` words of rule capacity up). ``target`` gives the entry
-    function's context type and the verdict codes.
+    ``MEMO_MIN_WORDS`` words of rule capacity up); ``grid`` the summary grid
+    (default: in from ``GRID_MIN_WORDS`` words of rules up; with ``capacities``,
+    as the loaded program has it). ``target`` gives the entry function's
+    context type and the verdict codes. ``conntrack`` compiles connection tracking
+    in (bpf/flowc_ct.h); without it, a policy that matches on ``state`` gets the
+    default :class:`CtSpec` and any other none. Every program of a host should
+    get the same spec when any policy of the host uses state
+    (:func:`ir.state_analysis.uses_state`), so all of them commit connections.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}")
     if [r.priority for r in policy.rules] != list(range(len(policy.rules))):
         raise BpfLoweringError("rule priorities must be 0..n-1 (renumber the policy first)")
-    tables = build_tables(policy) if strategy == "bitvec" else None
+    tables = None
+    if strategy == "bitvec":
+        if capacities is not None:
+            grid = capacities.grid is not None
+            if capacities.grid is not None and not set(capacities.grid) <= set(used_fields(policy)):
+                raise ShapeChanged("the policy no longer uses the loaded program's grid fields")
+        tables = build_tables(
+            policy, grid=grid, grid_fields=capacities.grid if capacities is not None else None
+        )
     caps = _capacities(policy, tables, memo)
     if capacities is not None:
         if strategy != "bitvec" or not fits(caps, capacities):
@@ -232,6 +265,9 @@ def lower(
                 "the policy uses other fields or needs larger maps than the loaded program"
             )
         caps = capacities
+    if conntrack is None and policy_uses_state(policy):
+        conntrack = CtSpec()
+    fast = established_rule(policy) if conntrack is not None else None
     lines = _header(policy, strategy)
     lines += [
         "",
@@ -242,6 +278,7 @@ def lower(
         lines += _bitvec_classifier(policy, tables, caps)
     else:
         lines += _chain_classifier(policy)
+    lines += ["", *_ct_lines(conntrack, fast)]
     lines += [
         "",
         *_inlined("flowc_entry.h"),
@@ -254,7 +291,44 @@ def lower(
         "}",
         "",
     ]
-    return BpfProgram(policy, strategy, "\n".join(lines), tables, caps, target)
+    return BpfProgram(
+        policy,
+        strategy,
+        "\n".join(lines),
+        tables,
+        caps,
+        target,
+        conntrack,
+        fast.priority if fast is not None else None,
+    )
+
+
+def _ct_lines(spec: CtSpec | None, fast: Rule | None) -> list[str]:
+    """FLOWC_CT, and with tracking its configuration, bpf/flowc_ct.h and the fast lane's note."""
+    if spec is None:
+        return [
+            "/* No connection tracking: every packet is new, nothing is committed. */",
+            "#define FLOWC_CT 0",
+        ]
+    if fast is not None:
+        lane = [
+            f"/* Established fast lane: {_rule_label(fast)} decides every established packet",
+            f" *   {_rule_comment(fast)}  => {fast.action}",
+            " * so the loader sets flowc_config.ct_fast to its id + 1 and established",
+            " * packets skip flowc_classify(). */",
+        ]
+    else:
+        lane = [
+            "/* No established fast lane: more than one rule decides established packets,",
+            " * so they are classified with state as a field (flowc_config.ct_fast = 0). */",
+        ]
+    return [
+        "/* Connection tracking (ir/conntrack.py semantics; one table per host). */",
+        "#define FLOWC_CT 1",
+        *ct_defines(spec),
+        *lane,
+        *_inlined("flowc_ct.h"),
+    ]
 
 
 # ------------------------------------------------------------------ bitvec
@@ -265,10 +339,14 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
     memo_note = (
         "compiled in" if caps.memo else f"compiled out (in from {MEMO_MIN_WORDS * 64} rules)"
     )
+    grid_note = tables.grid_note.replace("*/", "* /")
+    if caps.grid is None and tables.grid is None and "starts at" in grid_note:
+        grid_note = f"no grid (in from {GRID_MIN_WORDS * 64} rules)"
     out = [
         f"#define FLOWC_N_WORDS {caps.n_words}",
         f"#define FLOWC_N_SUMMARY {caps.n_summary}",
         f"#define FLOWC_N_FIELDS {len(tables.fields)}",
+        f"#define FLOWC_GRID {int(caps.grid is not None)} /* {grid_note} */",
         f"#define FLOWC_MEMO {int(caps.memo)} /* class-tuple memo {memo_note} */",
         f"#define FLOWC_MEMO_BITS {MEMO_BITS}",
         "",
@@ -280,6 +358,14 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
         "",
         *_inlined("flowc_memo.h"),
     ]
+    if caps.grid is not None:
+        out += [
+            "",
+            f"/* The summary grid on {caps.grid[0]} (rows) x {caps.grid[1]} (columns). */",
+            f"#define FLOWC_GRID_GROUPS {GRID_MAX_GROUPS}",
+            f"BPF_ARRAY({GRID_MAP}, struct flowc_grid_cell, "
+            "FLOWC_BANKS * FLOWC_GRID_GROUPS * FLOWC_GRID_GROUPS);",
+        ]
     for t in tables.fields:
         out += ["", *_field_lines(policy, t, caps)]
     out += [
@@ -296,6 +382,7 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
     out += [
         "\tstruct flowc_class_tuple tuple = { .epoch = cfg->bank };",
         "\tconst struct flowc_bitvec *v[FLOWC_N_FIELDS];",
+        "\tconst struct flowc_grid_cell *cell = 0;",
         "\tstruct flowc_memo_entry *memo;",
         "\t__u32 bank = cfg->bank & 1;",
         "\t__u32 idx;",
@@ -318,14 +405,28 @@ def _bitvec_classifier(policy: Policy, tables: ClassifierTables, caps: Capacitie
     slot_of = {t.field: slot for slot, t in enumerate(tables.fields)}
     by_selectivity = sorted(tables.fields, key=lambda t: -len(t.classes))
     for i, t in enumerate(by_selectivity):
+        cls = f"tuple.cls[{slot_of[t.field]}]"
+        if caps.grid is not None and t.field in caps.grid:
+            cls = f"({cls} & FLOWC_CLASS_MASK)"  # the grid group rides above the class
         out += [
-            f"\tidx = bank * FLOWC_CLASSES_{t.field} + tuple.cls[{slot_of[t.field]}];",
+            f"\tidx = bank * FLOWC_CLASSES_{t.field} + {cls};",
             f"\tv[{i}] = {abi.bitvec_map(t.field)}.lookup(&idx);",
             f"\tif (!v[{i}])",
             "\t\treturn -1;",
         ]
+    if caps.grid is not None:
+        row, col = (slot_of[name] for name in caps.grid)
+        out += [
+            "\t/* The grid cell of the packet's two grid groups. */",
+            "\tidx = (bank * FLOWC_GRID_GROUPS + "
+            f"(tuple.cls[{row}] >> FLOWC_GRID_SHIFT)) * FLOWC_GRID_GROUPS +",
+            f"\t      (tuple.cls[{col}] >> FLOWC_GRID_SHIFT);",
+            f"\tcell = {GRID_MAP}.lookup(&idx);",
+            "\tif (!cell)",
+            "\t\treturn -1;",
+        ]
     out += [
-        "\trule = flowc_bitvec_first(v);",
+        "\trule = flowc_bitvec_first(v, cell);",
         "\tflowc_memo_store(memo, &tuple, rule);",
         "\treturn rule;",
         "}",
@@ -493,6 +594,21 @@ def _condition(name: str, values: ValueSet) -> str:
     return parts[0] if len(parts) == 1 else "(" + " || ".join(parts) + ")"
 
 
+def _grid_json(program: BpfProgram) -> dict[str, object] | None:
+    """The summary grid's axes and cells (each cell's word set as hex), or None."""
+    tables = program.tables
+    if tables is None or tables.grid is None:
+        return None
+    grid = tables.grid
+    return {
+        "fields": list(grid.fields),
+        "groups": [grid.rows, grid.cols],
+        "capacity": GRID_MAX_GROUPS,
+        "note": tables.grid_note,
+        "cells": [f"{bits:#x}" for bits in grid.cells],
+    }
+
+
 def maps_json(program: BpfProgram) -> dict[str, object]:
     """What the program's maps must hold, as JSON data (``flowc compile --emit bpf``)."""
     rules = [
@@ -530,6 +646,7 @@ def maps_json(program: BpfProgram) -> dict[str, object]:
         "class_capacity": dict(caps.classes),
         "lpm_capacity": dict(caps.lpm_entries),
         "dir_capacity": {name: [l2, l3] for name, l2, l3 in caps.dir_entries},
+        "grid": _grid_json(program),
         "actions": rules,
         "fields": fields,
     }

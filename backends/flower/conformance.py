@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from backends.flower.keys import KEYS, Cover
-from backends.flower.rules import FlowerFilter, Masked, PortRange
+from backends.flower.rules import (
+    CT_COMMIT,
+    FlowerFilter,
+    FlowerMatchError,
+    Masked,
+    PortRange,
+    ct_states,
+)
 from backends.nic_profile import NicProfile
 
 
@@ -30,6 +37,8 @@ def profile_problem(f: FlowerFilter, profile: NicProfile) -> str | None:
     """Why the device ``profile`` describes cannot hold filter ``f`` (None: it can)."""
     if not profile.allows_action(f.action.kind):
         return f"action {f.action.kind} is not offloaded by {profile.name}"
+    if f.action.commit and not profile.allows_action(CT_COMMIT):
+        return f"ct commit is not offloaded by {profile.name}"
     m = f.match
     for name, key in m.key_items():
         flower_key = KEYS[name]
@@ -41,6 +50,17 @@ def profile_problem(f: FlowerFilter, profile: NicProfile) -> str | None:
         kind = variant.capability
         if kind and not profile.allows_field(kind):
             return f"key {name} is not matched by {profile.name}"
+        if flower_key.cover == Cover.CT and kind and profile.allows_field(kind):
+            assert isinstance(key, Masked)
+            try:
+                states = ct_states(key, tracked=True)
+            except FlowerMatchError as err:
+                return str(err)
+            for lo, hi in states.intervals:
+                for state in range(lo, hi + 1):
+                    if f.chain != 0 and not profile.allows_state(state):
+                        word = f"{key.value:#x}/{key.mask:#x}"
+                        return f"{name} {word}: a state {profile.name} cannot match"
         if isinstance(key, PortRange) and not profile.port_ranges:
             return f"{name} is a port range; {profile.name} has no range matching"
     return None

@@ -42,6 +42,8 @@ class Cover(enum.StrEnum):
     ADDRESS = "address"  # prefixes, or ternaries where the profile allows any mask
     PORT = "port"  # aligned blocks, native ranges where the profile has them, else prefixes
     NONE = "none"  # not an IR field: set by the lowering itself (the tag's ethertype)
+    FRAG = "frag"  # the IR's fragment state, through the dissector's fragment flags
+    CT = "ct"  # the IR's connection state, through conntrack's ct_state flags
 
 
 class Text(enum.StrEnum):
@@ -56,6 +58,8 @@ class Text(enum.StrEnum):
     PORT = "port"  # a port (mask under <key>_mask) or {"start", "end"}
     HEX_SLASH_MASK = "hex_slash_mask"  # 0xVALUE/MASK
     NUMBER_SLASH_MASK = "number_slash_mask"  # VALUE or VALUE/MASK; tc -batch: the value only
+    MATCHING_FLAGS = "matching_flags"  # JSON {"frag": true, ...}; tc -batch frag/nofirstfrag
+    CT_FLAGS = "ct_flags"  # +trk+est-new, in tc -j and tc -batch alike
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class Codec:
         return value.to_bytes(self.size, self.byteorder)  # type: ignore[arg-type]
 
 
+BE32 = Codec("be32", 4, "big")
 U8 = Codec("uint8", 1, "big")
 U16 = Codec("uint16", 2, sys.byteorder)
 BE16 = Codec("be16", 2, "big")
@@ -138,6 +143,7 @@ class FlowerKey:
         text: how its value is spelled in both.
         tc_json_order: where iproute2 prints it (not the netlink order).
         ranges: the (min, max) attributes of a native port range.
+        flag_names: for matching flags, the name of each bit, lowest first.
         ir_shift: the key carries the IR value shifted left by this many bits.
         ir_shift_bits: what the bits below the shift are, for the refusal message.
         tag: a key of the 802.1Q tag, read by the model's frame logic with the
@@ -161,6 +167,7 @@ class FlowerKey:
     tag: bool = False
     needs_family: bool = False
     vlan_protocols_only: bool = False
+    flag_names: tuple[str, ...] = ()
 
     def variant_for(self, family: int | None, ip_proto: int | None) -> Variant | None:
         """The first variant for ``family`` and ``ip_proto`` (None when there is none)."""
@@ -352,6 +359,66 @@ FLOWER_KEYS: tuple[FlowerKey, ...] = (
         text=Text.NUMBER_SLASH_MASK,
         tc_json_order=110,
     ),
+    FlowerKey(
+        "ip_flags",
+        Matching.MASKED,
+        Cover.FRAG,
+        (Variant(None, None, "frag", "ip_flags", 2, *_masked("FLAGS", 47, 48, BE32)),),
+        tc_json="ip_flags",
+        tc_batch="ip_flags",
+        text=Text.MATCHING_FLAGS,
+        # iproute2 prints the matching flags after the transport keys.
+        tc_json_order=200,
+        needs_family=True,
+        flag_names=("frag", "firstfrag"),
+    ),
+    FlowerKey(
+        "ct_state",
+        Matching.MASKED,
+        Cover.CT,
+        # The IR's state field, seen through the flags the flow dissector sets
+        # from the skb's conntrack entry (skb_flow_dissect_ct); host-order u16.
+        (Variant(None, None, "state", "ct_state", 6, *_masked("CT_STATE", 91, 92, U16)),),
+        tc_json="ct_state",
+        tc_batch="ct_state",
+        text=Text.CT_FLAGS,
+        tc_json_order=300,
+        flag_names=("new", "est", "rel", "trk", "inv", "rpl"),
+    ),
+)
+
+# TCA_FLOWER_KEY_FLAGS bits (include/uapi/linux/pkt_cls.h): the flow dissector's
+# FLOW_DIS_IS_FRAGMENT and FLOW_DIS_FIRST_FRAG.
+FLAG_IS_FRAGMENT = 1 << 0
+FLAG_FRAG_IS_FIRST = 1 << 1
+# The ip_flags bits the dissector reports for each IR fragment state (ir/fields.py
+# frag: none, first, later): a first fragment has both, a later one only "frag".
+FRAG_FLAG_BITS = (0, FLAG_IS_FRAGMENT | FLAG_FRAG_IS_FIRST, FLAG_IS_FRAGMENT)
+
+# TCA_FLOWER_KEY_CT_FLAGS_* (include/uapi/linux/pkt_cls.h), the bits of ct_state.
+CT_FLAG_NEW = 1 << 0
+CT_FLAG_ESTABLISHED = 1 << 1
+CT_FLAG_RELATED = 1 << 2
+CT_FLAG_TRACKED = 1 << 3
+CT_FLAG_INVALID = 1 << 4
+CT_FLAG_REPLY = 1 << 5
+# The ct_state flags a tracked packet of each IR state carries (ir/fields.py
+# state: new, established, related, invalid), as skb_flow_dissect_ct maps the
+# conntrack info: established and related come with or without +rpl (the IR
+# does not model the direction bit, so a key must not tell the two apart), and
+# a packet conntrack refused (no entry) is +trk+inv.
+CT_STATE_FLAGS: tuple[tuple[int, ...], ...] = (
+    (CT_FLAG_TRACKED | CT_FLAG_NEW,),
+    (CT_FLAG_TRACKED | CT_FLAG_ESTABLISHED, CT_FLAG_TRACKED | CT_FLAG_ESTABLISHED | CT_FLAG_REPLY),
+    (CT_FLAG_TRACKED | CT_FLAG_RELATED, CT_FLAG_TRACKED | CT_FLAG_RELATED | CT_FLAG_REPLY),
+    (CT_FLAG_TRACKED | CT_FLAG_INVALID,),
+)
+# The key that matches exactly one IR state among tracked packets: +trk+<state>.
+CT_STATE_KEY_BITS = (
+    CT_FLAG_TRACKED | CT_FLAG_NEW,
+    CT_FLAG_TRACKED | CT_FLAG_ESTABLISHED,
+    CT_FLAG_TRACKED | CT_FLAG_RELATED,
+    CT_FLAG_TRACKED | CT_FLAG_INVALID,
 )
 
 KEYS: dict[str, FlowerKey] = {key.name: key for key in FLOWER_KEYS}

@@ -16,10 +16,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-from backends.flower.keys import FLOWER_KEYS, FlowerKey, Matching
+from backends.flower.keys import (
+    CT_STATE_FLAGS,
+    FLOWER_KEYS,
+    FRAG_FLAG_BITS,
+    Cover,
+    FlowerKey,
+    Matching,
+)
 from backends.targets import ETH_P_8021AD, ETH_P_8021Q, ETH_P_ALL, ETH_P_IP, ETH_P_IPV6
 from ir.algebra import Cube, full_cube
-from ir.fields import FAMILY_IPV4, FAMILY_IPV6, HEADER_SPACE
+from ir.fields import FAMILY_IPV4, FAMILY_IPV6, FRAG_FIRST, FRAG_LATER, FRAG_NONE, HEADER_SPACE
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Action, Origin
 from ir.packet import Packet
 from ir.valueset import ValueSet
@@ -39,6 +46,16 @@ class FlowerKind(StrEnum):
     MIRROR = "mirror"
     MARK = "mark"
     TRAP = "trap"  # hands the packet to the slow path (goto chain)
+    CT = "ct"  # conntrack lookup (act_ct, zone 0), then goto chain: the stateful shape
+
+
+CT = FlowerKind.CT
+# What a NIC profile lists when it can run ``ct commit`` before an action (the
+# commit is a flag of the action, not a kind of its own).
+CT_COMMIT = "ct_commit"
+# The conntrack zone flowc's ct actions use: the namespace's default zone, the
+# one table ir.conntrack models per host.
+CT_ZONE = 0
 
 
 PASS = FlowerKind.PASS
@@ -66,6 +83,7 @@ class CookieRole(IntEnum):
     FRAME = 2  # sends frames outside the IR's model (QinQ, 802.1ad) to the slow path
     CUTOFF = 3  # the device is full: everything below goes to the slow path
     CACHE = 4  # a runtime cache entry (megaflow) installed by the agent
+    CT = 5  # sends untracked packets through conntrack to the stateful chain
 
 
 ROLE_RULE = CookieRole.RULE
@@ -73,6 +91,7 @@ ROLE_TRAP = CookieRole.TRAP
 ROLE_FRAME = CookieRole.FRAME
 ROLE_CUTOFF = CookieRole.CUTOFF
 ROLE_CACHE = CookieRole.CACHE
+ROLE_CT = CookieRole.CT
 ROLES = tuple(CookieRole)
 
 
@@ -144,6 +163,51 @@ EXACT_KEYS = tuple(k.name for k in FLOWER_KEYS if k.matching == Matching.EXACT)
 MASKED_KEYS = tuple(k.name for k in FLOWER_KEYS if k.matching != Matching.EXACT)
 # The keys the frame logic does not read: IR fields, each through its registry entry.
 _FIELD_KEYS = tuple(k for k in FLOWER_KEYS if not k.tag)
+# Fields that exist only where the transport header does (their prerequisite
+# names the fragment state): the flow dissector reads them as 0 in every IP
+# fragment, as cls_flower dissects without FLOW_DISSECTOR_F_PARSE_1ST_FRAG.
+TRANSPORT_FIELDS = tuple(
+    f.name
+    for f in HEADER_SPACE.fields
+    if any(root == "frag" for alternative in f.prerequisite for root, _ in alternative)
+)
+_FRAG_STATES = (FRAG_NONE, FRAG_FIRST, FRAG_LATER)
+
+
+def ct_states(key: Masked, tracked: bool) -> ValueSet:
+    """The IR connection states a ct_state value/mask admits: before a ct action
+    (``tracked`` False) every packet carries 0, so all or none; after one, the
+    states whose flags (:data:`CT_STATE_FLAGS`) match.
+
+    Raises FlowerMatchError when the key admits an established or related
+    packet in one direction only (+rpl), which the IR's state cannot say.
+
+    >>> ct_states(Masked(0b1010, 0b1010), True) == ValueSet.of_value(2, 1)
+    True
+    """
+    width = HEADER_SPACE.field("state").width
+    if not tracked:
+        return ValueSet.full(width) if key.contains(0) else ValueSet.empty(width)
+    admitted = []
+    for state, combos in enumerate(CT_STATE_FLAGS):
+        hits = {key.contains(flags) for flags in combos}
+        if len(hits) > 1:
+            raise FlowerMatchError(
+                f"ct_state {key.value:#x}/{key.mask:#x} tells replies (+rpl) apart, "
+                "which a policy cannot match on"
+            )
+        if hits.pop():
+            admitted.append(state)
+    return ValueSet.of_values(width, admitted)
+
+
+def frag_states(key: Masked) -> ValueSet:
+    """The IR fragment states an ``ip_flags`` value/mask admits.
+
+    >>> frag_states(Masked(0, 1)) == ValueSet.of_value(2, FRAG_NONE)
+    True
+    """
+    return ValueSet.of_values(2, (s for s in _FRAG_STATES if key.contains(FRAG_FLAG_BITS[s])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +225,12 @@ class FlowerMatch:
         src_port, dst_port: transport ports (value/mask or a native range).
         tcp_flags: TCP flags (low 8 bits of flower's 12-bit key).
         icmp_type, icmp_code: ICMP or ICMPv6 per family.
+        ip_flags: the dissector's fragment flags (bit 0 ``frag``, bit 1 ``firstfrag``).
+        ct_state: conntrack's flags (TCA_FLOWER_KEY_CT_FLAGS_*: +trk+est, ...).
+            What a packet carries depends on where the filter is: before any ct
+            action it is untracked (0), after one (the chain a ``ct`` action
+            goes to) it is +trk and one of new/est/rel/inv; the ``tracked``
+            argument of :meth:`cube`, :meth:`cubes` and :meth:`matches` says which.
     """
 
     protocol: int
@@ -175,6 +245,8 @@ class FlowerMatch:
     tcp_flags: Masked | None = None
     icmp_type: Masked | None = None
     icmp_code: Masked | None = None
+    ip_flags: Masked | None = None
+    ct_state: Masked | None = None
 
     @property
     def eth_type(self) -> int | None:
@@ -210,14 +282,22 @@ class FlowerMatch:
                 sig.append((name, "exact"))
         return tuple(sig)
 
-    def cube(self) -> Cube | None:
-        """The IR packets this filter matches, as one cube of the header space
-        (None when no IR packet can match: QinQ and 802.1ad frames, other
-        ethertypes). Exactly the packets :meth:`matches` accepts.
+    def cube(self, tracked: bool = False) -> Cube | None:
+        """The filter's keys as one cube of the header space, read as if every
+        packet carried its own field values (None when no IR packet can match:
+        QinQ and 802.1ad frames, other ethertypes).
+
+        This is what the keys say, not yet what the kernel matches: in an IP
+        fragment the flow dissector reads the transport fields as 0, which
+        :meth:`cubes` accounts for.
+
+        ``tracked``: the filter sits behind a ct action (its packets carry
+        +trk and their state's flag), else before any (ct_state 0).
 
         Raises FlowerMatchError for keys the IR cannot see (ECN bits of the
         TOS byte; an address key without an IP ethertype; a mask too
-        fragmented to enumerate), so nothing is checked on a guess.
+        fragmented to enumerate; a ct_state key telling +rpl apart), so
+        nothing is checked on a guess.
         """
         space = HEADER_SPACE
         sets = {f.name: f.full for f in space.fields}
@@ -248,7 +328,16 @@ class FlowerMatch:
             name = flower_key.field_for(family)
             assert name is not None
             width = space.field(name).width
-            if isinstance(key, PortRange):
+            if flower_key.cover == Cover.FRAG:
+                assert isinstance(key, Masked)
+                sets[name] = frag_states(key)
+            elif flower_key.cover == Cover.CT:
+                assert isinstance(key, Masked)
+                states = ct_states(key, tracked)
+                if states.is_empty():
+                    return None
+                sets[name] = states
+            elif isinstance(key, PortRange):
                 sets[name] = ValueSet.of_range(width, key.lo, key.hi)
             elif isinstance(key, Masked):
                 sets[name] = _ternary_set(name, width, _shifted(flower_key, key))
@@ -256,10 +345,52 @@ class FlowerMatch:
                 sets[name] = ValueSet.of_value(width, key)
         return Cube(tuple(sets[f.name] for f in space.fields))
 
-    def matches(self, packet: Packet) -> bool:
+    def cubes(self, tracked: bool = False) -> tuple[Cube, ...]:
+        """The IR packets the kernel's flower matches with this filter, as cubes
+        (none when no IR packet can match). Exactly the packets :meth:`matches`
+        accepts.
+
+        Whole packets and later fragments are matched on their own values (a
+        later fragment has no transport fields, 0 in the IR as in the
+        dissector). A first fragment carries a transport header the dissector
+        does not read: the filter matches every first fragment of its other
+        keys when each transport key admits 0, and none otherwise.
+
+        Raises FlowerMatchError as :meth:`cube` does.
+        """
+        keys = self.cube(tracked)
+        if keys is None:
+            return ()
+        space = HEADER_SPACE
+        frag_at = space.position("frag")
+        frags = keys.sets[frag_at]
+        out = []
+        transport = [space.position(name) for name in TRANSPORT_FIELDS]
+        zero_matches = all(0 in keys.sets[i] for i in transport)
+        # A later fragment's transport fields are 0: a transport key excluding 0
+        # matches none, so the cube leaves later fragments out rather than holding
+        # (packet-less) later fragments with ports, which would keep every IR rule
+        # (frag none,first when it has ports) from containing it.
+        direct = frags & ValueSet.of_values(
+            2, (FRAG_NONE, FRAG_LATER) if zero_matches else (FRAG_NONE,)
+        )
+        if not direct.is_empty():
+            out.append(_with(keys, frag_at, direct))
+        if FRAG_FIRST in frags and zero_matches:
+            first = _with(keys, frag_at, ValueSet.of_value(2, FRAG_FIRST))
+            for i in transport:
+                first = _with(first, i, space.fields[i].full)
+            out.append(first)
+        return tuple(out)
+
+    def matches(self, packet: Packet, tracked: bool = False) -> bool:
         """Flower's match of this filter against an IR packet (absent fields read 0,
-        as the flow dissector leaves keys it does not parse zeroed)."""
+        as the flow dissector leaves keys it does not parse zeroed, and so do the
+        transport fields of a first fragment, which it does not dissect);
+        ``tracked`` as for :meth:`cube`."""
         p = packet.as_dict()
+        if p["frag"] == FRAG_FIRST:
+            p.update({name: 0 for name in TRANSPORT_FIELDS})
         eth = ETH_FOR_FAMILY.get(p["family"])
         if p["vlan_tagged"]:
             if self.protocol == ETH_P_ALL:
@@ -281,6 +412,16 @@ class FlowerMatch:
                 continue
             name = flower_key.field_for(p["family"])
             assert name is not None
+            if flower_key.cover == Cover.FRAG:
+                assert isinstance(key, Masked)
+                if not key.contains(FRAG_FLAG_BITS[p[name]]):
+                    return False
+                continue
+            if flower_key.cover == Cover.CT:
+                assert isinstance(key, Masked)
+                if p[name] not in ct_states(key, tracked):
+                    return False
+                continue
             value = p[name] << flower_key.ir_shift
             if isinstance(key, Masked | PortRange):
                 if not key.contains(value):
@@ -292,6 +433,12 @@ class FlowerMatch:
 
 class FlowerMatchError(ValueError):
     """A filter key outside what the IR can express (so no check may guess)."""
+
+
+def _with(c: Cube, i: int, values: ValueSet) -> Cube:
+    sets = list(c.sets)
+    sets[i] = values
+    return Cube(tuple(sets))
 
 
 def _shifted(flower_key: FlowerKey, key: Masked) -> Masked:
@@ -323,13 +470,17 @@ class FlowerAction:
             taken too and stored as its :class:`FlowerKind`).
         device: egress device of redirect/mirror.
         mark: the skb mark of ``mark``.
-        chain: the slow-path chain a trap jumps to.
+        chain: the slow-path chain a trap jumps to; for ``ct``, the chain the
+            tracked packet is classified in next.
+        commit: ``ct commit`` (zone 0) runs first: the packet's connection is
+            stored in the kernel's conntrack (pass, redirect, mirror, mark only).
     """
 
     kind: FlowerKind | str
     device: str | None = None
     mark: int | None = None
     chain: int | None = None
+    commit: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -345,29 +496,37 @@ class FlowerAction:
             raise ValueError(
                 f"{self.kind}: mark {'missing' if self.mark is None else 'unexpected'}"
             )
-        if (self.kind == TRAP) != (self.chain is not None):
+        if (self.kind in (TRAP, CT)) != (self.chain is not None):
             raise ValueError(
                 f"{self.kind}: chain {'missing' if self.chain is None else 'unexpected'}"
             )
+        if self.commit and self.kind in (DROP, TRAP, CT):
+            raise ValueError(f"{self.kind}: only a verdict that lets a packet on commits it")
 
     def __str__(self) -> str:
+        commit = "ct commit, " if self.commit else ""
         if self.kind in (REDIRECT, MIRROR):
-            return f"{self.kind} dev {self.device}"
+            return f"{commit}{self.kind} dev {self.device}"
         if self.kind == MARK:
-            return f"mark {self.mark:#x}"
+            return f"{commit}mark {self.mark:#x}"
         if self.kind == TRAP:
             return f"trap (goto chain {self.chain})"
-        return self.kind
+        if self.kind == CT:
+            return f"ct zone {CT_ZONE}, goto chain {self.chain}"
+        return f"{commit}{self.kind}"
 
 
-def action_for(ir_action: Action) -> FlowerAction:
-    """The flower action that does what an IR action does."""
+def action_for(ir_action: Action, commit: bool = False) -> FlowerAction:
+    """The flower action that does what an IR action does (``commit``: and
+    stores the packet's connection first, as the IR does for a new packet
+    whose verdict is not drop)."""
     kind = FLOWER_KIND_OF[ir_action.kind]
+    commit = commit and kind != FlowerKind.DROP
     if kind in (FlowerKind.REDIRECT, FlowerKind.MIRROR):
-        return FlowerAction(kind, device=ir_action.device)
+        return FlowerAction(kind, device=ir_action.device, commit=commit)
     if kind == FlowerKind.MARK:
-        return FlowerAction(kind, mark=ir_action.mark)
-    return FlowerAction(kind)
+        return FlowerAction(kind, mark=ir_action.mark, commit=commit)
+    return FlowerAction(kind, commit=commit)
 
 
 def same_decision(flower: FlowerAction, ir_action: Action) -> bool:
@@ -459,30 +618,51 @@ class FlowerVerdict:
     filter did, so tc passes the packet on) and its action."""
 
     filter: FlowerFilter | None
+    tracked_at: int | None = None
 
     @property
     def trapped(self) -> bool:
-        """True when the slow path decides (a trap matched, or nothing did)."""
-        return self.filter is None or self.filter.action.kind == TRAP
+        """True when the slow path decides (a trap matched, or nothing did in
+        chain 0; in a chain after a ct action, no match lets the packet pass)."""
+        if self.filter is None:
+            return self.tracked_at is None
+        return self.filter.action.kind == TRAP
 
 
 def ordered(filters: Iterable[FlowerFilter]) -> list[FlowerFilter]:
-    """Filters in the order tc tries them on chain 0: priority, then handle."""
-    return sorted((f for f in filters if f.chain == 0), key=lambda f: (f.prio, f.handle))
+    """Filters in the order tc tries them: chain 0 first (where classification
+    starts), then the chains ``ct`` actions go to, each by priority, then handle.
+    Filters of other chains (the slow path's) are left out."""
+    chosen = list(filters)
+    reached = {0} | {f.action.chain for f in chosen if f.action.kind == CT}
+    return sorted(
+        (f for f in chosen if f.chain in reached), key=lambda f: (f.chain, f.prio, f.handle)
+    )
 
 
 def classify(filters: Sequence[FlowerFilter], packet: Packet) -> FlowerVerdict:
     """Flower's verdict for an IR packet: the first chain-0 filter (by priority, then
-    handle) whose keys match. ``filters`` must already be :func:`ordered`.
+    handle) whose keys match; a ``ct`` action tracks the packet (it then carries
+    its state's ct_state flags) and classification goes on in its chain, where
+    no match ends classification (tc passes the packet, FlowerVerdict(None)
+    with ``tracked_at``). ``filters`` must already be :func:`ordered`.
 
     Within one priority the kernel tries masks in creation order; flowc's own
     lowering only shares a priority between filters no packet can match both
     of, so handle order is as good as the kernel's there.
     """
-    for f in filters:
-        if f.match.matches(packet):
-            return FlowerVerdict(f)
-    return FlowerVerdict(None)
+    chain, tracked = 0, False
+    for _hop in range(len(filters) + 1):  # each hop moves to a chain; no loop is longer
+        for f in filters:
+            if f.chain == chain and f.match.matches(packet, tracked):
+                if f.action.kind != CT:
+                    return FlowerVerdict(f, tracked_at=chain if tracked else None)
+                assert f.action.chain is not None
+                chain, tracked = f.action.chain, True
+                break
+        else:
+            return FlowerVerdict(None, tracked_at=chain if tracked else None)
+    raise ValueError("ct actions loop between chains")
 
 
 def keys_disjoint(a: FlowerMatch, b: FlowerMatch) -> bool:

@@ -16,6 +16,8 @@ from typing import Any
 
 from backends.flower.keys import ETH_TYPE_JSON_ORDER, FLOWER_KEYS, FlowerKey, Text
 from backends.flower.rules import (
+    CT,
+    CT_ZONE,
     ETH_P_8021AD,
     ETH_P_8021Q,
     ETH_P_ALL,
@@ -108,6 +110,20 @@ def _key_json(flower_key: FlowerKey, key: Any, family: int | None) -> list[tuple
         return [(name, f"{key.value:#x}/{key.mask:x}")]
     if style == Text.NUMBER_SLASH_MASK:
         return [(name, str(key.value) if key.mask == full else f"{key.value}/{key.mask:x}")]
+    if style == Text.CT_FLAGS:
+        return [(name, _ct_flags_text(flower_key, key))]
+    if style == Text.MATCHING_FLAGS:
+        # iproute2 opens an object and prints one boolean per flag in the mask.
+        return [
+            (
+                name,
+                {
+                    flag: bool(key.value & bit)
+                    for flag, bit in _flag_bits(flower_key)
+                    if key.mask & bit
+                },
+            )
+        ]
     if isinstance(key, PortRange):
         return [(name, {"start": key.lo, "end": key.hi})]
     # VALUE_AND_MASK_KEY, and a value/mask PORT: the mask printed apart, when partial.
@@ -117,8 +133,69 @@ def _key_json(flower_key: FlowerKey, key: Any, family: int | None) -> list[tuple
     return pairs
 
 
-def _action_json(a: FlowerAction, cookie: Cookie | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"order": 1}
+# The order iproute2 prints ct_state flags in (tc/f_flower.c's table).
+_CT_FLAG_ORDER = ("trk", "new", "est", "rel", "rpl", "inv")
+
+
+def _ct_flags_text(flower_key: FlowerKey, key: Masked) -> str:
+    """``+trk+est-new``: each flag of the mask, + when set in the value."""
+    bits = dict(_flag_bits(flower_key))
+    return "".join(
+        ("+" if key.value & bits[flag] else "-") + flag
+        for flag in _CT_FLAG_ORDER
+        if key.mask & bits[flag]
+    )
+
+
+def _ct_flags_from_text(flower_key: FlowerKey, text: Any) -> Masked:
+    bits = dict(_flag_bits(flower_key))
+    s = str(text).strip()
+    value = mask = 0
+    pos = 0
+    while pos < len(s):
+        sign = s[pos]
+        end = pos + 1
+        while end < len(s) and s[end] not in "+-":
+            end += 1
+        flag = s[pos + 1 : end]
+        if sign not in "+-" or flag not in bits:
+            raise FlowerTextError(f"{flower_key.tc_json}: cannot read {text!r} as ct_state flags")
+        mask |= bits[flag]
+        value |= bits[flag] if sign == "+" else 0
+        pos = end
+    if not mask:
+        raise FlowerTextError(f"{flower_key.tc_json}: empty ct_state {text!r}")
+    return Masked(value, mask)
+
+
+def _ct_json(commit: bool) -> dict[str, Any]:
+    """The ct action (zone 0) that hands on to the next action (pipe)."""
+    out: dict[str, Any] = {"kind": "ct"}
+    if commit:
+        out["action"] = "commit"
+    return out | {"zone": CT_ZONE, "control_action": {"type": "pipe"}}
+
+
+def _actions_json(a: FlowerAction, cookie: Cookie | None) -> list[dict[str, Any]]:
+    """The filter's action list: a ct action first for ``ct`` and for commits;
+    the cookie on the last action (where ``tc -batch``'s cookie word puts it)."""
+    if a.kind == CT:
+        steps = [
+            _ct_json(False),
+            {"kind": "gact", "control_action": {"type": "goto", "chain": a.chain}},
+        ]
+    elif a.commit:
+        steps = [_ct_json(True), _action_json(a)]
+    else:
+        steps = [_action_json(a)]
+    out = [{"order": n + 1} | step for n, step in enumerate(steps)]
+    if cookie is not None:
+        out[-1]["cookie"] = cookie.encode().hex()
+    return out
+
+
+def _action_json(a: FlowerAction) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     if a.kind in (PASS, DROP):
         out |= {"kind": "gact", "control_action": {"type": a.kind}}
     elif a.kind == TRAP:
@@ -133,8 +210,6 @@ def _action_json(a: FlowerAction, cookie: Cookie | None) -> dict[str, Any]:
         }
     else:
         out |= {"kind": "skbedit", "mark": a.mark, "control_action": {"type": "pass"}}
-    if cookie is not None:
-        out["cookie"] = cookie.encode().hex()
     return out
 
 
@@ -153,7 +228,7 @@ def to_tc_json(filters: Iterable[FlowerFilter]) -> list[dict[str, Any]]:
             options["skip_hw"] = True
         elif f.flags == "skip_sw":
             options["skip_sw"] = True
-        options["actions"] = [_action_json(f.action, f.cookie)]
+        options["actions"] = _actions_json(f.action, f.cookie)
         out.append(head | {"options": options})
     return out
 
@@ -237,6 +312,10 @@ def _key_from_json(flower_key: FlowerKey, keys: dict[str, Any]) -> Any:
         return _ip_key(text)[0]
     if style in (Text.HEX_SLASH_MASK, Text.NUMBER_SLASH_MASK):
         return _masked_text(text, full)
+    if style == Text.MATCHING_FLAGS:
+        return _flags_from_json(flower_key, text)
+    if style == Text.CT_FLAGS:
+        return _ct_flags_from_text(flower_key, text)
     if style == Text.PORT and isinstance(text, dict):
         return PortRange(_int(text["start"]), _int(text["end"]))
     mask = int(str(keys.get(f"{name}_mask", f"{full:x}")), 16)
@@ -255,26 +334,73 @@ _KNOWN_JSON_KEYS = {"eth_type"} | {
 def _action_from_json(actions: Sequence[dict[str, Any]]) -> tuple[FlowerAction, Cookie | None]:
     if not actions:
         raise FlowerTextError("filter without actions")
-    first = actions[0]
-    cookie = Cookie.decode(bytes.fromhex(first["cookie"])) if "cookie" in first else None
+    steps = sorted(actions, key=lambda a: _int(a.get("order", 0)))
+    cookies = [Cookie.decode(bytes.fromhex(a["cookie"])) for a in steps if "cookie" in a]
+    cookie = next((c for c in cookies if c is not None), None)
+    if len(steps) == 1:
+        return _one_action_from_json(steps[0]), cookie
+    if len(steps) != 2 or steps[0].get("kind") != "ct":
+        raise FlowerTextError(
+            f"{len(steps)} actions ({', '.join(str(a.get('kind')) for a in steps)}); "
+            "flowc models one, or ct then one"
+        )
+    ct, then = steps
+    zone = _int(ct.get("zone", 0))
+    ct_control = (ct.get("control_action") or {}).get("type", "pipe")
+    unknown = sorted(
+        set(ct)
+        - {
+            "order",
+            "kind",
+            "action",
+            "zone",
+            "control_action",
+            "index",
+            "ref",
+            "bind",
+            "cookie",
+            "stats",
+            "used_hw_stats",
+            "not_in_hw",
+        }
+    )
+    if zone != CT_ZONE or ct_control != "pipe" or ct.get("action") not in (None, "", "commit"):
+        raise FlowerTextError(
+            f"ct action {ct.get('action', '')} zone {zone} {ct_control} is not one flowc models"
+        )
+    if unknown:
+        raise FlowerTextError(f"ct action options flowc does not model: {', '.join(unknown)}")
+    action = _one_action_from_json(then)
+    if ct.get("action") == "commit":
+        if action.kind in (DROP, TRAP):
+            raise FlowerTextError(f"ct commit before {action.kind} is not one flowc models")
+        return FlowerAction(
+            action.kind, device=action.device, mark=action.mark, commit=True
+        ), cookie
+    if action.kind != TRAP:
+        raise FlowerTextError("ct without commit must be followed by goto chain")
+    return FlowerAction(CT, chain=action.chain), cookie
+
+
+def _one_action_from_json(first: dict[str, Any]) -> FlowerAction:
     kind = first.get("kind")
     control = first.get("control_action", {}) or {}
     if kind == "gact":
         ctype = control.get("type")
         if ctype == "goto":
-            return FlowerAction(TRAP, chain=_int(control["chain"])), cookie
+            return FlowerAction(TRAP, chain=_int(control["chain"]))
         if ctype in ("pass", "ok"):
-            return FlowerAction(PASS), cookie
+            return FlowerAction(PASS)
         if ctype in ("drop", "shot"):
-            return FlowerAction(DROP), cookie
+            return FlowerAction(DROP)
         raise FlowerTextError(f"gact control action {ctype!r} is not one flowc models")
     if kind == "mirred":
         mirred = first.get("mirred_action")
         if first.get("direction") != "egress" or mirred not in (REDIRECT, MIRROR):
             raise FlowerTextError(f"mirred {first.get('direction')} {mirred} is not modelled")
-        return FlowerAction(mirred, device=first["to_dev"]), cookie
+        return FlowerAction(mirred, device=first["to_dev"])
     if kind == "skbedit" and "mark" in first:
-        return FlowerAction(MARK, mark=_int(first["mark"])), cookie
+        return FlowerAction(MARK, mark=_int(first["mark"]))
     raise FlowerTextError(f"action {kind!r} is not one flowc models")
 
 
@@ -325,6 +451,23 @@ def parse_tc_json(data: Any) -> list[FlowerFilter]:
 
 
 # ------------------------------------------------------------------ tc -batch
+def _flag_bits(flower_key: FlowerKey) -> list[tuple[str, int]]:
+    return [(flag, 1 << i) for i, flag in enumerate(flower_key.flag_names)]
+
+
+def _flags_from_json(flower_key: FlowerKey, text: Any) -> Masked:
+    if not isinstance(text, dict):
+        raise FlowerTextError(f"{flower_key.tc_json}: expected an object of flags, got {text!r}")
+    known = dict(_flag_bits(flower_key))
+    unknown = sorted(set(text) - set(known))
+    if unknown:
+        # A flag flowc does not model narrows the filter: refuse rather than guess.
+        raise FlowerTextError(f"{flower_key.tc_json}: flags flowc does not model: {unknown}")
+    value = sum(known[flag] for flag, on in text.items() if on)
+    mask = sum(known[flag] for flag in text)
+    return Masked(value, mask)
+
+
 def _match_words(m: FlowerMatch) -> list[str]:
     words: list[str] = []
     for flower_key in FLOWER_KEYS:
@@ -350,6 +493,14 @@ def _key_word(flower_key: FlowerKey, key: Any, family: int | None) -> str:
     if style == Text.NUMBER_SLASH_MASK:
         # tc's text takes no mask here; the lowering writes exact values only.
         return str(key.value)
+    if style == Text.CT_FLAGS:
+        return _ct_flags_text(flower_key, key)
+    if style == Text.MATCHING_FLAGS:
+        return "/".join(
+            flag if key.value & bit else f"no{flag}"
+            for flag, bit in _flag_bits(flower_key)
+            if key.mask & bit
+        )
     if style == Text.PORT:
         if isinstance(key, PortRange):
             return f"{key.lo}-{key.hi}"
@@ -359,6 +510,22 @@ def _key_word(flower_key: FlowerKey, key: Any, family: int | None) -> str:
 
 
 def _action_words(a: FlowerAction) -> list[str]:
+    if a.kind == CT:
+        return [
+            "action",
+            "ct",
+            "zone",
+            str(CT_ZONE),
+            "pipe",
+            "action",
+            "gact",
+            "goto",
+            "chain",
+            str(a.chain),
+        ]
+    if a.commit:
+        plain = FlowerAction(a.kind, device=a.device, mark=a.mark)
+        return ["action", "ct", "commit", "zone", str(CT_ZONE), "pipe", *_action_words(plain)]
     if a.kind in (PASS, DROP):
         return ["action", "gact", a.kind]
     if a.kind == TRAP:

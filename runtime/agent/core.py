@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from backends.bpf.abi import Event
+from backends.bpf.abi import Event, FlowKey
 from backends.bpf.emit import ShapeChanged, lower
 from backends.flower import lowering as flower
 from backends.flower.rules import (
@@ -50,12 +52,15 @@ from backends.flower.rules import (
     FlowerMatch,
 )
 from backends.nic_profile import NicProfile
+from ir.fields import HEADER_SPACE
 from ir.model import Policy
-from ir.packet import Point
+from ir.packet import Point, point_problems
 from runtime import bpf_loader, tc_attach
 from runtime.agent.counters import TIERS, Counters, check_counters, check_gauges
+from runtime.agent.host_table import HostConnectionTable
 from runtime.agent.priorities import PLAN, PriorityExhausted
-from runtime.agent.seams import Installer, SlowPath, SlowPathFactory
+from runtime.agent.seams import ConnectionTable, Installer, SlowPath, SlowPathFactory
+from runtime.conntrack import CtTable, CtTableError
 from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
 from runtime.flower_netlink import InstalledFilter
@@ -87,6 +92,13 @@ class AgentConfig:
         queue_size: miss events held between polls; more are dropped and counted.
         events_per_tick: events handled per loop turn before polling again.
         dedup_ns: the slow path reports a flow at most once per this interval.
+        revoke_established: on a policy update, remove the connections committed at
+            this hook whose committing packet the new policy drops (and their
+            cache rules); by default they survive, as the kernel's conntrack keeps
+            established connections across an iptables change.
+        stateful: the host tracks connections (some policy of it matches on
+            state): the agent opens the slow path's connection table after
+            loading it, unless one was handed to it.
     """
 
     device: str
@@ -100,6 +112,8 @@ class AgentConfig:
     queue_size: int = 4096
     events_per_tick: int = 512
     dedup_ns: int = 1_000_000_000
+    revoke_established: bool = False
+    stateful: bool = False
 
 
 class EventQueue:
@@ -127,7 +141,7 @@ class EventQueue:
         if len(self.pending) >= self.capacity:
             self.dropped += 1
             return
-        point = event.key.to_packet().values
+        point = _point_of(event.key, key)
         self.pending[key] = (point, int(event.rule), int(event.generation), int(event.ts_ns))
 
     def pop(self, count: int) -> list[tuple[Point, int, int, int]]:
@@ -139,6 +153,36 @@ class EventQueue:
 
     def __len__(self) -> int:
         return len(self.pending)
+
+
+@functools.cache
+def _key_layout() -> tuple[tuple[int, int, Literal["little", "big"]], ...] | None:
+    """(start, end, byte order) of each IR field in a flow key's bytes, in the
+    header space's order (None when the key lacks some field: then the key's
+    own conversion is used)."""
+    addresses = {name for name, _ in FlowKey.ADDRESSES}
+    layout: list[tuple[int, int, Literal["little", "big"]]] = []
+    for name in HEADER_SPACE.names:
+        member = getattr(FlowKey, name, None)
+        if member is None:
+            return None
+        order: Literal["little", "big"] = "big" if name in addresses else sys.byteorder
+        layout.append((member.offset, member.offset + member.size, order))
+    return tuple(layout)
+
+
+def _point_of(key: FlowKey, raw: bytes) -> Point:
+    """The packet a flow key describes, read from its bytes (``raw``): the
+    key's own field-by-field conversion costs more than the rest of a cache
+    hit. Checked as :class:`ir.packet.Packet` checks (ValueError)."""
+    layout = _key_layout()
+    if layout is None:
+        return key.to_packet().values
+    point = tuple(int.from_bytes(raw[start:end], order) for start, end, order in layout)
+    problems = point_problems(HEADER_SPACE, point)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return point
 
 
 @dataclass(slots=True)
@@ -185,18 +229,24 @@ class Agent:
         installer: Installer | None = None,
         slow_path: SlowPathFactory | None = None,
         attach: bool = True,
+        connections: ConnectionTable | None = None,
     ) -> None:
         """``installer`` replaces the device's flower installer (the NIC model,
         where no real part can run); ``slow_path`` loads the slow path for a
         (policy, generation) instead of compiling it with bcc (the in-memory
         :class:`runtime.agent.slow_path_model.SlowPathModel` in unit tests);
         ``attach=False`` leaves the loaded slow path unattached (fed through
-        BPF_PROG_TEST_RUN or the model instead of a hook)."""
+        BPF_PROG_TEST_RUN or the model instead of a hook). ``connections`` is the
+        host's connection table when the host tracks connections: then the cache
+        holds only connection rules (runtime/flow_cache.py) and no proactive
+        filter is installed, since a filter deciding in front of the slow path
+        would keep commits and state changes from the table."""
         self.config = config
         self.load_policy = load_policy
         self.clock = clock
         self.make_slow_path = slow_path or self._load_bpf_slow_path
         self.attach_slow_path = attach
+        self.connections = connections
         self.queue = EventQueue(config.queue_size)
         self.stats = Counters()
         self.generation = 0
@@ -230,6 +280,13 @@ class Agent:
         self.policy = policy
         self.slow_path = self._load_slow_path(policy)
         self._attach(self.slow_path)
+        if cfg.stateful and self.connections is None:
+            self.connections = self._open_connection_table()
+        if cfg.revoke_established and (self.connections is None or not self.connections.can_revoke):
+            raise AgentError(
+                "revoke_established needs a connection table that records the committing "
+                "hook and packet; the BPF table does not (the in-memory tracker does)"
+            )
         self._guard(True)
         self.cache = FlowCache(
             policy,
@@ -238,6 +295,7 @@ class Agent:
             dataclasses.replace(cfg.cache, capacity=self._cache_capacity()),
             generation=self.generation,
             clock=self.clock,
+            connections=self.connections,
         )
         adopted, deleted = self.cache.reconcile()
         leftovers = [
@@ -269,6 +327,18 @@ class Agent:
             },
         )
         self._take_snapshot([])
+
+    def _open_connection_table(self) -> ConnectionTable:
+        """The host's pinned BPF connection table, which loading the slow path created."""
+        assert self.slow_path is not None
+        program = getattr(self.slow_path, "program", None)
+        spec = getattr(program, "conntrack", None)
+        if spec is None:
+            raise AgentError("the host tracks connections but the slow path was built without")
+        try:
+            return HostConnectionTable(CtTable(spec.pin), spec.config)
+        except CtTableError as exc:
+            raise AgentError(str(exc)) from None
 
     def _cache_capacity(self) -> int:
         cfg = self.config
@@ -324,7 +394,7 @@ class Agent:
 
     def _proactive_filters(self, policy: Policy) -> list[FlowerFilter]:
         cfg = self.config
-        if not cfg.proactive:
+        if not cfg.proactive or self.connections is not None:
             return []
         assert self.cache is not None
         budget = max(0, cfg.profile.max_rules - 2 - self.cache.capacity)
@@ -472,6 +542,10 @@ class Agent:
             self.slow_path = fresh
             fresh.open_events(self.queue.push)
         kept, deleted = self.cache.update_policy(policy, self.generation)
+        if self.connections is not None and self.config.revoke_established:
+            revoked = self.connections.revoke(policy)
+            deleted += self.cache.forget_connections(revoked)
+            self.stats["revoked"] += len(revoked)
         # Rule ids now mean the new policy's rules: the counts of deleted cache
         # rules (these revalidation deletes included) start again from zero.
         self.retired.clear()
@@ -559,6 +633,8 @@ class Agent:
             "proactive_filters": float(len(self.proactive)),
             "generation": float(self.generation),
             "install_latency_p50_seconds": latency[len(latency) // 2] if latency else 0.0,
+            "ct_entries": float(len(self.connections)) if self.connections is not None else 0.0,
+            "ct_cached": float(self.cache.cached_connections()),
         }
         rules = tuple(
             (index, str(rule.origin), rule.origin.text, counters)

@@ -33,6 +33,9 @@ COUNTERS: dict[str, str] = {
     "event_duplicates": "Miss events merged with a queued one of the same flow",
     "slow_path_events_lost": "Miss events the slow path could not write to the ring",
     "slow_path_events_sent": "Miss events the slow path wrote to the ring",
+    "untracked": "Misses of packets of no steady connection (stateful hosts cache no others)",
+    "ct_refreshes": "Connection-table entries whose idle timer a cache rule's use extended",
+    "revoked": "Connections removed by --revoke-established on a policy update",
 }
 """Counter name -> help text (exported as ``flowc_agent_<name>_total``)."""
 
@@ -41,6 +44,7 @@ EVICTION_REASONS: dict[str, str] = {
     "evictions_lru": "capacity",
     "revalidation_deletes": "revalidation",
     "reconcile_deletes": "reconcile",
+    "evictions_conn_ended": "connection ended",
 }
 """Counter name -> ``reason`` label of ``flowc_agent_evictions_total``."""
 
@@ -53,6 +57,8 @@ GAUGES: dict[str, str] = {
     "proactive_filters": "Proactive flower filters installed",
     "generation": "Policy generation running",
     "install_latency_p50_seconds": "Median time from miss event to installed rule",
+    "ct_entries": "Connections in the host's connection table (stateful hosts)",
+    "ct_cached": "Connections a cache rule carries",
 }
 """Gauge name -> help text (exported as ``flowc_agent_<name>``)."""
 

@@ -16,7 +16,9 @@ from typing import Protocol
 
 from backends.bpf.abi import Event
 from backends.flower.rules import FlowerFilter
+from ir.conntrack import Connection, ConnKey, Direction
 from ir.model import Policy
+from ir.packet import Packet
 from runtime.flower_netlink import InstalledFilter
 
 
@@ -74,6 +76,31 @@ class SlowPath(Protocol):
 
     def close(self) -> None:
         """Release the program and its maps."""
+
+
+class ConnectionTable(Protocol):
+    """The host's connection table as a cache in front of it needs it: the one
+    source of connection state (the slow path's table; :class:`ir.conntrack.ConnTracker`
+    is the model and the reference)."""
+
+    def find(self, packet: Packet, now_ns: int) -> tuple[Connection, Direction] | None:
+        """The live connection ``packet`` belongs to, and its direction."""
+
+    def get(self, key: ConnKey) -> Connection | None:
+        """The stored entry of ``key`` (expired or not)."""
+
+    def refresh(self, key: ConnKey, seen_ns: int) -> bool:
+        """Extend ``key``'s idle timer from ``seen_ns``; False when it is gone."""
+
+    can_revoke: bool
+    """Whether :meth:`revoke` can decide (the table records committing hook and packet)."""
+
+    def revoke(self, policy: Policy) -> list[ConnKey]:
+        """Remove the connections committed at ``policy``'s hook that ``policy``
+        would no longer let start; their keys."""
+
+    def __len__(self) -> int:
+        """Entries stored."""
 
 
 SlowPathFactory = Callable[[Policy, int], SlowPath]

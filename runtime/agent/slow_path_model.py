@@ -14,7 +14,11 @@ the real one:
   (``events_lost``), as ``bpf_ringbuf_reserve`` failing is;
 * :meth:`poll_events` hands waiting records to the callback of
   :meth:`open_events`; :meth:`update` switches policy and generation and
-  restarts the per-rule counters, as the bank flip does.
+  restarts the per-rule counters, as the bank flip does;
+* with a ``tracker`` (the host's connection table, :class:`ir.conntrack.ConnTracker`),
+  a packet is decided by :meth:`ir.conntrack.ConnTracker.step`: its state
+  observed, the policy deciding with it, its connection committed, as the
+  stateful slow path does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from backends.bpf.abi import STATUS_NAMES, Event, FlowKey
+from ir.conntrack import ConnTracker
 from ir.interp import evaluate
 from ir.model import Policy
 from ir.packet import Packet
@@ -37,6 +42,7 @@ class SlowPathModel:
         dedup_ns: a flow is reported at most once per this interval (0: every packet).
         ring_capacity: records the ring holds until polled.
         clock_ns: CLOCK_MONOTONIC nanoseconds (tests pass a fake one).
+        tracker: the host's connection table (None: a stateless slow path).
     """
 
     def __init__(
@@ -47,12 +53,15 @@ class SlowPathModel:
         dedup_ns: int = 1_000_000_000,
         ring_capacity: int = 4096,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        tracker: ConnTracker | None = None,
     ) -> None:
         self.policy = policy
         self.generation = generation
         self.dedup_ns = dedup_ns
         self.ring_capacity = ring_capacity
         self.clock_ns = clock_ns
+        self.tracker = tracker
+        self.actions: list[str] = []  # what happened to each packet, for tests
         self.ring: list[Event] = []
         self.callback: Callable[[Event], None] | None = None
         self.reported: dict[bytes, int] = {}  # flow key -> when it was last reported
@@ -67,8 +76,15 @@ class SlowPathModel:
     def receive(self, packet: Packet, nbytes: int = 64) -> int:
         """Decide ``packet`` as the program would: count it on its rule and report
         the flow when due. Returns the deciding rule's id (its position)."""
-        rule = self.policy.rules.index(evaluate(self.policy, packet).rule)
         now = self.clock_ns()
+        if self.tracker is not None:
+            result = self.tracker.step(self.policy, packet, now)
+            rule = self.policy.rules.index(result.verdict.rule)
+            self.actions.append(result.action.kind)
+        else:
+            verdict = evaluate(self.policy, packet)
+            rule = self.policy.rules.index(verdict.rule)
+            self.actions.append(verdict.action.kind)
         stats = self.stats[rule]
         stats[0] += 1
         stats[1] += nbytes

@@ -21,7 +21,8 @@
 #define FLOWC_VERDICT_REDIRECT 7 /* TC_ACT_REDIRECT */
 #define FLOWC_N_WORDS 1
 #define FLOWC_N_SUMMARY 1
-#define FLOWC_N_FIELDS 7
+#define FLOWC_N_FIELDS 8
+#define FLOWC_GRID 0 /* no grid (in from 512 rules) */
 #define FLOWC_MEMO 1 /* class-tuple memo compiled in */
 #define FLOWC_MEMO_BITS 13
 
@@ -162,6 +163,22 @@ static __always_inline int flowc_class_ip_proto(const struct flowc_key *k, __u32
 	return 0;
 }
 
+/* frag: IP fragment state: 0 not a fragment, 1 first fragment (offset 0, more fragments), 2 later fragment (no transport header). 2 classes; constrained at lines 13, 14, 15. */
+#define FLOWC_CLASSES_frag 16
+BPF_ARRAY(flowc_bv_frag, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_frag);
+BPF_ARRAY(flowc_cls_frag, __u32, FLOWC_BANKS * 4);
+
+static __always_inline int flowc_class_frag(const struct flowc_key *k, __u32 bank, __u32 *cls)
+{
+	__u32 idx = bank * 4 + k->frag;
+	__u32 *found = flowc_cls_frag.lookup(&idx);
+
+	if (!found)
+		return -1;
+	*cls = *found;
+	return 0;
+}
+
 /* ip4_src: IPv4 source address. 3 classes; constrained at lines 12, 13. */
 #define FLOWC_CLASSES_ip4_src 16
 BPF_ARRAY(flowc_bv_ip4_src, struct flowc_bitvec, FLOWC_BANKS * FLOWC_CLASSES_ip4_src);
@@ -293,6 +310,7 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 {
 	struct flowc_class_tuple tuple = { .epoch = cfg->bank };
 	const struct flowc_bitvec *v[FLOWC_N_FIELDS];
+	const struct flowc_grid_cell *cell = 0;
 	struct flowc_memo_entry *memo;
 	__u32 bank = cfg->bank & 1;
 	__u32 idx;
@@ -300,11 +318,12 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 
 	if (flowc_class_family(k, bank, &tuple.cls[0]) ||
 	    flowc_class_ip_proto(k, bank, &tuple.cls[1]) ||
-	    flowc_class_ip4_src(k, bank, &tuple.cls[2]) ||
-	    flowc_class_ip4_dst(k, bank, &tuple.cls[3]) ||
-	    flowc_class_ip6_src(k, bank, &tuple.cls[4]) ||
-	    flowc_class_ip6_dst(k, bank, &tuple.cls[5]) ||
-	    flowc_class_dport(k, bank, &tuple.cls[6]))
+	    flowc_class_frag(k, bank, &tuple.cls[2]) ||
+	    flowc_class_ip4_src(k, bank, &tuple.cls[3]) ||
+	    flowc_class_ip4_dst(k, bank, &tuple.cls[4]) ||
+	    flowc_class_ip6_src(k, bank, &tuple.cls[5]) ||
+	    flowc_class_ip6_dst(k, bank, &tuple.cls[6]) ||
+	    flowc_class_dport(k, bank, &tuple.cls[7]))
 		return -1;
 	memo = flowc_memo_slot(&tuple, cfg);
 	if (memo && flowc_memo_holds(memo, &tuple))
@@ -315,11 +334,11 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 	v[0] = flowc_bv_ip_proto.lookup(&idx);
 	if (!v[0])
 		return -1;
-	idx = bank * FLOWC_CLASSES_ip4_dst + tuple.cls[3];
+	idx = bank * FLOWC_CLASSES_ip4_dst + tuple.cls[4];
 	v[1] = flowc_bv_ip4_dst.lookup(&idx);
 	if (!v[1])
 		return -1;
-	idx = bank * FLOWC_CLASSES_dport + tuple.cls[6];
+	idx = bank * FLOWC_CLASSES_dport + tuple.cls[7];
 	v[2] = flowc_bv_dport.lookup(&idx);
 	if (!v[2])
 		return -1;
@@ -327,33 +346,42 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 	v[3] = flowc_bv_family.lookup(&idx);
 	if (!v[3])
 		return -1;
-	idx = bank * FLOWC_CLASSES_ip4_src + tuple.cls[2];
+	idx = bank * FLOWC_CLASSES_ip4_src + tuple.cls[3];
 	v[4] = flowc_bv_ip4_src.lookup(&idx);
 	if (!v[4])
 		return -1;
-	idx = bank * FLOWC_CLASSES_ip6_src + tuple.cls[4];
-	v[5] = flowc_bv_ip6_src.lookup(&idx);
+	idx = bank * FLOWC_CLASSES_frag + tuple.cls[2];
+	v[5] = flowc_bv_frag.lookup(&idx);
 	if (!v[5])
 		return -1;
-	idx = bank * FLOWC_CLASSES_ip6_dst + tuple.cls[5];
-	v[6] = flowc_bv_ip6_dst.lookup(&idx);
+	idx = bank * FLOWC_CLASSES_ip6_src + tuple.cls[5];
+	v[6] = flowc_bv_ip6_src.lookup(&idx);
 	if (!v[6])
 		return -1;
-	rule = flowc_bitvec_first(v);
+	idx = bank * FLOWC_CLASSES_ip6_dst + tuple.cls[6];
+	v[7] = flowc_bv_ip6_dst.lookup(&idx);
+	if (!v[7])
+		return -1;
+	rule = flowc_bitvec_first(v, cell);
 	flowc_memo_store(memo, &tuple, rule);
 	return rule;
 }
+
+/* No connection tracking: every packet is new, nothing is committed. */
+#define FLOWC_CT 0
 
 /* ---- from bpf/flowc_entry.h ---- */
 /* SPDX-License-Identifier: GPL-2.0 */
 /* flowc BPF runtime: what the tc/tcx entry point does. Include last, after
  * the generated flowc_classify() and the maps it uses, and after defining the
  * attach point's verdicts (backends/targets.py, BpfTarget): FLOWC_VERDICT_ALLOW
- * (hand the packet on) and FLOWC_VERDICT_DROP. */
+ * (hand the packet on) and FLOWC_VERDICT_DROP, and FLOWC_CT (1: connection
+ * tracking compiled in, bpf/flowc_ct.h pasted before this file; 0: every
+ * packet is new and nothing is tracked). */
 
 
-#if !defined(FLOWC_VERDICT_ALLOW) || !defined(FLOWC_VERDICT_DROP)
-#error "define the attach point's FLOWC_VERDICT_ALLOW and FLOWC_VERDICT_DROP"
+#if !defined(FLOWC_VERDICT_ALLOW) || !defined(FLOWC_VERDICT_DROP) || !defined(FLOWC_CT)
+#error "define the attach point's FLOWC_VERDICT_ALLOW and FLOWC_VERDICT_DROP, and FLOWC_CT"
 #endif
 
 static __always_inline void flowc_count(__u32 status)
@@ -401,25 +429,61 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	__u32 zero = 0;
 	__u32 bank, slot;
 	__u32 rule;
+	__u32 l4_off;
 	__s32 found;
 	int status;
+#if FLOWC_CT
+	struct flowc_ct_scratch *ct = flowc_ct_work.lookup(&zero);
+	__u64 now;
+#endif
 
 	skb->cb[0] = 0;
+	skb->cb[1] = 0;
 	cfg = flowc_config.lookup(&zero);
 	k = flowc_scratch.lookup(&zero);
 	if (!cfg || !k)
 		return FLOWC_VERDICT_DROP;
 	bank = cfg->bank & 1;
-	status = flowc_parse(skb, k);
+	status = flowc_parse(skb, k, &l4_off);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
 		return FLOWC_VERDICT_ALLOW;
 	}
 	if (status != FLOWC_PARSE_OK) {
 		flowc_count(FLOWC_STATUS_MALFORMED);
+		if (status == FLOWC_PARSE_MALFORMED_L2)
+			flowc_count(FLOWC_STATUS_MALFORMED_L2);
+		else if (status == FLOWC_PARSE_MALFORMED_L3)
+			flowc_count(FLOWC_STATUS_MALFORMED_L3);
+		else
+			flowc_count(FLOWC_STATUS_MALFORMED_L4);
 		return FLOWC_VERDICT_DROP;
 	}
+#if FLOWC_CT
+	/* Observe before deciding (ir/conntrack.py step 1), whatever the verdict. */
+	if (!ct)
+		return FLOWC_VERDICT_DROP;
+	now = flowc_ct_now(cfg);
+	if (cfg->flags & FLOWC_CONFIG_F_CT_GIVEN) {
+		k->state = (cfg->flags >> FLOWC_CONFIG_CT_GIVEN_SHIFT) & 3;
+		/* Commit nothing: the scratch still holds the last observed
+		 * packet's tuple, which a commit would otherwise store. */
+		ct->starts = FLOWC_CT_NO_START;
+	} else {
+		k->state = flowc_ct_observe(skb, k, l4_off, ct, now);
+	}
+	flowc_count(FLOWC_STATUS_CT_NEW + k->state);
+	skb->cb[1] = k->state + 1; /* the state, for BPF_PROG_TEST_RUN and programs after us */
+	/* The established fast lane: when one rule decides every established
+	 * packet (backends/bpf/conntrack.py established_rule), the loader puts it
+	 * in cfg->ct_fast and established packets skip the classifier. */
+	if (k->state == FLOWC_STATE_ESTABLISHED && cfg->ct_fast)
+		found = cfg->ct_fast - 1;
+	else
+		found = flowc_classify(k, cfg);
+#else
 	found = flowc_classify(k, cfg);
+#endif
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_VERDICT_DROP; /* fail closed */
@@ -443,6 +507,18 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	}
 	if (cfg->flags & FLOWC_CONFIG_F_EVENTS)
 		flowc_report(k, rule, cfg);
+#if FLOWC_CT
+	/* Step 2: a verdict other than drop commits what a new packet starts; a
+	 * full table leaves it untracked, and on_full drop drops it. */
+	if (action->kind != FLOWC_ACTION_DROP && !(cfg->flags & FLOWC_CONFIG_F_CT_GIVEN)) {
+		int committed = flowc_ct_commit(ct, now);
+
+		if (committed)
+			skb->cb[1] |= committed > 0 ? FLOWC_CB_COMMITTED : FLOWC_CB_UNTRACKED;
+		if (committed < 0 && FLOWC_CT_ON_FULL_DROP)
+			return FLOWC_VERDICT_DROP;
+	}
+#endif
 
 	switch (action->kind) {
 	case FLOWC_ACTION_ALLOW:

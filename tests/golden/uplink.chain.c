@@ -68,6 +68,7 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 	/* rule 2: examples/uplink.fw:13  redirect tcp from frontends to web dport web_ports -> web */
 	if (FLOWC_FIELD(family) == 4 &&
 	    FLOWC_FIELD(ip_proto) == 6 &&
+	    (FLOWC_FIELD(frag) >= 0 && FLOWC_FIELD(frag) <= 1) &&
 	    ((flowc_ip4(&k->ip4_src) & 0xffffffffU) == 0x0a00010aU || (flowc_ip4(&k->ip4_src) & 0xffffff00U) == 0x0a000300U) &&
 	    (flowc_ip4(&k->ip4_dst) & 0xffffffffU) == 0x0a00010aU &&
 	    (FLOWC_FIELD(dport) == 80 || FLOWC_FIELD(dport) == 443 || (FLOWC_FIELD(dport) >= 8000 && FLOWC_FIELD(dport) <= 8999)))
@@ -75,6 +76,7 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 	/* rule 3: examples/uplink.fw:13  redirect tcp from frontends to web dport web_ports -> web */
 	if (FLOWC_FIELD(family) == 6 &&
 	    FLOWC_FIELD(ip_proto) == 6 &&
+	    (FLOWC_FIELD(frag) >= 0 && FLOWC_FIELD(frag) <= 1) &&
 	    (flowc_ip6_half(k->ip6_src) == 0xfd00000000000000ULL && (flowc_ip6_half(k->ip6_src + 8) & 0xffffffffffffffffULL) == 0x10ULL) &&
 	    (flowc_ip6_half(k->ip6_dst) == 0xfd00000000000000ULL && (flowc_ip6_half(k->ip6_dst + 8) & 0xffffffffffffffffULL) == 0x10ULL) &&
 	    (FLOWC_FIELD(dport) == 80 || FLOWC_FIELD(dport) == 443 || (FLOWC_FIELD(dport) >= 8000 && FLOWC_FIELD(dport) <= 8999)))
@@ -82,12 +84,14 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 	/* rule 4: examples/uplink.fw:14  allow udp to 10.0.0.53 dport 53 */
 	if (FLOWC_FIELD(family) == 4 &&
 	    FLOWC_FIELD(ip_proto) == 17 &&
+	    (FLOWC_FIELD(frag) >= 0 && FLOWC_FIELD(frag) <= 1) &&
 	    (flowc_ip4(&k->ip4_dst) & 0xffffffffU) == 0x0a000035U &&
 	    FLOWC_FIELD(dport) == 53)
 		return 4;
 	/* rule 5: examples/uplink.fw:15  allow tcp to db dport 5432 */
 	if (FLOWC_FIELD(family) == 4 &&
 	    FLOWC_FIELD(ip_proto) == 6 &&
+	    (FLOWC_FIELD(frag) >= 0 && FLOWC_FIELD(frag) <= 1) &&
 	    (flowc_ip4(&k->ip4_dst) & 0xffffffffU) == 0x0a000214U &&
 	    FLOWC_FIELD(dport) == 5432)
 		return 5;
@@ -95,16 +99,21 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
 	return 6;
 }
 
+/* No connection tracking: every packet is new, nothing is committed. */
+#define FLOWC_CT 0
+
 /* ---- from bpf/flowc_entry.h ---- */
 /* SPDX-License-Identifier: GPL-2.0 */
 /* flowc BPF runtime: what the tc/tcx entry point does. Include last, after
  * the generated flowc_classify() and the maps it uses, and after defining the
  * attach point's verdicts (backends/targets.py, BpfTarget): FLOWC_VERDICT_ALLOW
- * (hand the packet on) and FLOWC_VERDICT_DROP. */
+ * (hand the packet on) and FLOWC_VERDICT_DROP, and FLOWC_CT (1: connection
+ * tracking compiled in, bpf/flowc_ct.h pasted before this file; 0: every
+ * packet is new and nothing is tracked). */
 
 
-#if !defined(FLOWC_VERDICT_ALLOW) || !defined(FLOWC_VERDICT_DROP)
-#error "define the attach point's FLOWC_VERDICT_ALLOW and FLOWC_VERDICT_DROP"
+#if !defined(FLOWC_VERDICT_ALLOW) || !defined(FLOWC_VERDICT_DROP) || !defined(FLOWC_CT)
+#error "define the attach point's FLOWC_VERDICT_ALLOW and FLOWC_VERDICT_DROP, and FLOWC_CT"
 #endif
 
 static __always_inline void flowc_count(__u32 status)
@@ -152,25 +161,61 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	__u32 zero = 0;
 	__u32 bank, slot;
 	__u32 rule;
+	__u32 l4_off;
 	__s32 found;
 	int status;
+#if FLOWC_CT
+	struct flowc_ct_scratch *ct = flowc_ct_work.lookup(&zero);
+	__u64 now;
+#endif
 
 	skb->cb[0] = 0;
+	skb->cb[1] = 0;
 	cfg = flowc_config.lookup(&zero);
 	k = flowc_scratch.lookup(&zero);
 	if (!cfg || !k)
 		return FLOWC_VERDICT_DROP;
 	bank = cfg->bank & 1;
-	status = flowc_parse(skb, k);
+	status = flowc_parse(skb, k, &l4_off);
 	if (status == FLOWC_PARSE_NOT_IP) {
 		flowc_count(FLOWC_STATUS_NOT_IP);
 		return FLOWC_VERDICT_ALLOW;
 	}
 	if (status != FLOWC_PARSE_OK) {
 		flowc_count(FLOWC_STATUS_MALFORMED);
+		if (status == FLOWC_PARSE_MALFORMED_L2)
+			flowc_count(FLOWC_STATUS_MALFORMED_L2);
+		else if (status == FLOWC_PARSE_MALFORMED_L3)
+			flowc_count(FLOWC_STATUS_MALFORMED_L3);
+		else
+			flowc_count(FLOWC_STATUS_MALFORMED_L4);
 		return FLOWC_VERDICT_DROP;
 	}
+#if FLOWC_CT
+	/* Observe before deciding (ir/conntrack.py step 1), whatever the verdict. */
+	if (!ct)
+		return FLOWC_VERDICT_DROP;
+	now = flowc_ct_now(cfg);
+	if (cfg->flags & FLOWC_CONFIG_F_CT_GIVEN) {
+		k->state = (cfg->flags >> FLOWC_CONFIG_CT_GIVEN_SHIFT) & 3;
+		/* Commit nothing: the scratch still holds the last observed
+		 * packet's tuple, which a commit would otherwise store. */
+		ct->starts = FLOWC_CT_NO_START;
+	} else {
+		k->state = flowc_ct_observe(skb, k, l4_off, ct, now);
+	}
+	flowc_count(FLOWC_STATUS_CT_NEW + k->state);
+	skb->cb[1] = k->state + 1; /* the state, for BPF_PROG_TEST_RUN and programs after us */
+	/* The established fast lane: when one rule decides every established
+	 * packet (backends/bpf/conntrack.py established_rule), the loader puts it
+	 * in cfg->ct_fast and established packets skip the classifier. */
+	if (k->state == FLOWC_STATE_ESTABLISHED && cfg->ct_fast)
+		found = cfg->ct_fast - 1;
+	else
+		found = flowc_classify(k, cfg);
+#else
 	found = flowc_classify(k, cfg);
+#endif
 	if (found < 0 || found >= FLOWC_N_RULES) {
 		flowc_count(FLOWC_STATUS_NO_RULE);
 		return FLOWC_VERDICT_DROP; /* fail closed */
@@ -194,6 +239,18 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	}
 	if (cfg->flags & FLOWC_CONFIG_F_EVENTS)
 		flowc_report(k, rule, cfg);
+#if FLOWC_CT
+	/* Step 2: a verdict other than drop commits what a new packet starts; a
+	 * full table leaves it untracked, and on_full drop drops it. */
+	if (action->kind != FLOWC_ACTION_DROP && !(cfg->flags & FLOWC_CONFIG_F_CT_GIVEN)) {
+		int committed = flowc_ct_commit(ct, now);
+
+		if (committed)
+			skb->cb[1] |= committed > 0 ? FLOWC_CB_COMMITTED : FLOWC_CB_UNTRACKED;
+		if (committed < 0 && FLOWC_CT_ON_FULL_DROP)
+			return FLOWC_VERDICT_DROP;
+	}
+#endif
 
 	switch (action->kind) {
 	case FLOWC_ACTION_ALLOW:

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -317,3 +318,45 @@ policy edge ingress on {dev} {{
 }}
 """
 """The agent's guest-tier policy (``.format(dev=...)`` names the hook's device)."""
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ping(ns: str, addr: str, count: int = 1, *, ident: int | None = None) -> bool:
+    """ICMP echo from namespace ``ns`` (a raw socket; the machines have no ping
+    binary, and each process spawn costs seconds in the emulated guest): True
+    when every one of ``count`` requests (echo identifier ``ident``, else one
+    from this process's id) got its reply within a paced 2 s."""
+    with inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    if ident is None:
+        ident = os.getpid() & 0xFFFF
+    try:
+        for seq in range(count):
+            head = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"flowc-guest"
+            request = head[:2] + struct.pack("!H", _checksum(head)) + head[4:]
+            s.sendto(request, (addr, 0))
+            deadline = time.monotonic() + pace().scaled(2)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                s.settimeout(left)
+                try:
+                    data, (source, _) = s.recvfrom(2048)
+                except TimeoutError:
+                    return False
+                icmp = data[(data[0] & 0x0F) * 4 :]
+                kind, _code, _sum, got_id, got_seq = struct.unpack_from("!BBHHH", icmp)
+                if source == addr and kind == 0 and (got_id, got_seq) == (ident, seq):
+                    break
+        return True
+    finally:
+        s.close()

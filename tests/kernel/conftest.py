@@ -52,13 +52,16 @@ class Loaded:
 
     def get(self, policy: Policy, strategy: str = "bitvec") -> SlowPath:
         """The loaded program of ``policy``: ``bitvec`` or ``chain`` as lowered by
-        default, or ``bitvec-memo`` (the class-tuple memo compiled in whatever the
-        policy's size, so small example policies exercise it too)."""
+        default, ``bitvec-memo`` (the class-tuple memo compiled in whatever the
+        policy's size, so small example policies exercise it too) or
+        ``bitvec-grid`` (the summary grid built whatever the size)."""
         key = (id(policy), strategy)
         if key not in self._cache:
             self._keep.append(policy)
             if strategy == "bitvec-memo":
                 program = lower(policy, "bitvec", memo=True)
+            elif strategy == "bitvec-grid":
+                program = lower(policy, "bitvec", grid=True)
             else:
                 program = lower(policy, strategy)
             # Every redirect/mirror target is the namespace's loopback (ifindex 1).

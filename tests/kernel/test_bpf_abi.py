@@ -17,7 +17,18 @@ import pytest
 from backends.bpf import abi
 from backends.bpf.emit import BPF_DIR
 from backends.bpf.tables import DIR_CHUNK
+from ir.conntrack import TcpState
+from ir.fields import (
+    FRAG_FIRST,
+    FRAG_LATER,
+    FRAG_NONE,
+    STATE_ESTABLISHED,
+    STATE_INVALID,
+    STATE_NEW,
+    STATE_RELATED,
+)
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT
+from runtime.testrun import CB_COMMITTED, CB_UNTRACKED
 from runtime.testrun import test_run as kernel_run
 from tests.kernel.conftest import inside
 
@@ -32,12 +43,24 @@ CONSTANTS = {
     "FLOWC_ACTION_F_PEER": abi.ACTION_F_PEER,
     "FLOWC_CONFIG_F_EVENTS": abi.CONFIG_F_EVENTS,
     "FLOWC_CONFIG_F_NO_MEMO": abi.CONFIG_F_NO_MEMO,
+    "FLOWC_CONFIG_F_CT_GIVEN": abi.CONFIG_F_CT_GIVEN,
+    "FLOWC_CONFIG_CT_GIVEN_SHIFT": abi.CONFIG_CT_GIVEN_SHIFT,
     "FLOWC_STATUS_COUNT": len(abi.STATUS_NAMES),
     **{f"FLOWC_STATUS_{name.upper()}": i for i, name in enumerate(abi.STATUS_NAMES)},
+    "FLOWC_FRAG_NONE": FRAG_NONE,
+    "FLOWC_FRAG_FIRST": FRAG_FIRST,
+    "FLOWC_FRAG_LATER": FRAG_LATER,
     "FLOWC_BANKS": abi.BANKS,
     "FLOWC_DIR_CHUNK": DIR_CHUNK,
     "FLOWC_DIR_L1": abi.DIR_L1_ENTRIES,
     "FLOWC_LPM6_FULL": abi.LPM6_BANK_BITS + 128,
+    "FLOWC_STATE_NEW": STATE_NEW,
+    "FLOWC_STATE_ESTABLISHED": STATE_ESTABLISHED,
+    "FLOWC_STATE_RELATED": STATE_RELATED,
+    "FLOWC_STATE_INVALID": STATE_INVALID,
+    **{f"FLOWC_TCP_{state.name}": state.value for state in TcpState},
+    "FLOWC_CB_COMMITTED": CB_COMMITTED,
+    "FLOWC_CB_UNTRACKED": CB_UNTRACKED,
 }
 
 

@@ -22,6 +22,7 @@ from compiler import classbench
 from compiler.frontend import compile_file, compile_source
 from compiler.packet_syntax import parse_packet
 from ir.analysis import region_witnesses
+from ir.interp import Unclassified
 from ir.model import Policy
 from ir.packet import Packet
 from runtime.testrun import TestRunError
@@ -31,11 +32,12 @@ from tests.fixtures import EXAMPLE_PATHS
 from tests.kernel.conftest import Loaded, inside
 from tests.strategies import packets
 from verify.bpf import expected, on_the_wire
-from verify.frames import MALFORMED, NOT_IP, frame, hop_by_hop, parse_frame
+from verify.frames import frame, parse_frame
 
 pytestmark = pytest.mark.kernel
 
-STRATEGIES = ("bitvec", "bitvec-memo", "chain")
+STRATEGIES = ("bitvec", "bitvec-memo", "bitvec-grid", "chain")
+MALFORMED = (Unclassified.MALFORMED_L2, Unclassified.MALFORMED_L3, Unclassified.MALFORMED_L4)
 
 
 @functools.cache
@@ -101,7 +103,7 @@ def test_truncated_frames(loaded: Loaded, run_netns: str, path: Path) -> None:
                     except TestRunError:
                         assert not packet.get("vlan_tagged") and cut < ip_min, cut
                         continue
-                if reference == MALFORMED:
+                if reference in MALFORMED:
                     assert (got.retval, got.rule) == (TC_ACT_SHOT, None), cut
                 else:
                     assert isinstance(reference, Packet)
@@ -137,9 +139,9 @@ def test_random_frames_follow_the_reference_parser(
             assert data[12:14] in (b"\x08\x00", b"\x86\xdd")
             assert len(data) < 14 + (20 if data[12:14] == b"\x08\x00" else 40)
             return
-    if reference == MALFORMED:
+    if reference in MALFORMED:
         assert (got.retval, got.rule) == (TC_ACT_SHOT, None)
-    elif reference == NOT_IP:
+    elif reference is Unclassified.NOT_IP:
         assert (got.retval, got.rule) == (TC_ACT_OK, None)
     else:
         assert isinstance(reference, Packet)
@@ -152,10 +154,10 @@ def test_ipv6_extension_headers_and_fragments(loaded: Loaded, run_netns: str) ->
     packet = parse_packet("udp [fd00:30::1]:5353 -> [fd00:96::10]:53")
     with inside(run_netns):
         plain = kernel_run(slow_path.fd, frame(packet))
-        two_hbh = frame(packet, ipv6_ext=hop_by_hop(0) + hop_by_hop(17, 1))
+        two_hbh = frame(packet, ipv6_ext=[0, 60], ext_units=1)
         with_ext = kernel_run(slow_path.fd, two_hbh)
     assert plain.rule == with_ext.rule == expected(policy, packet)[1]
-    # IPv4 non-first fragment: no transport header, so ports read as 0.
+    # IPv4 later fragment: no transport header, so ports read as 0.
     v4 = bytearray(frame(parse_packet("udp 10.30.1.1:5353 -> 8.8.8.8:53")))
     v4[14 + 6 : 14 + 8] = (0x0010).to_bytes(2, "big")  # fragment offset 16 * 8 bytes
     reference = parse_frame(bytes(v4))
@@ -210,8 +212,10 @@ def test_classbench_ten_thousand_rules(loaded: Loaded, run_netns: str, name: str
         check(loaded, run_netns, policy, Packet(point), "bitvec")
 
 
-@pytest.mark.parametrize("memo", [False, True], ids=["walk", "memo"])
-def test_same_shape_update_is_a_map_refill(run_netns: str, memo: bool) -> None:
+@pytest.mark.parametrize(
+    ("memo", "grid"), [(False, False), (True, False), (False, True)], ids=["walk", "memo", "grid"]
+)
+def test_same_shape_update_is_a_map_refill(run_netns: str, memo: bool, grid: bool) -> None:
     """A new policy of the same shape goes live by refilling the idle bank and
     flipping one word: the program (and its fd) stay, verdicts change, and no
     class tuple remembered under the old tables answers for the new ones."""
@@ -231,8 +235,9 @@ def test_same_shape_update_is_a_map_refill(run_netns: str, memo: bool) -> None:
         "policy p ingress on eth0 {\n default allow\n drop udp from 10.1.0.0/16 dport 53-54\n"
         " mark 9 tcp to fd00:1::/32 dport 443\n drop udp from 11.0.0.0/8 dport 9\n}\n"
     )
-    slow_path = SlowPath(lower(old, memo=memo), ifindex_of=lambda _dev: 1)
+    slow_path = SlowPath(lower(old, memo=memo, grid=grid), ifindex_of=lambda _dev: 1)
     assert slow_path.program.capacities.memo == memo
+    assert (slow_path.program.capacities.grid is not None) == grid
     fd = slow_path.fd
     probes = [
         parse_packet(p)
