@@ -19,13 +19,22 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import networkx as nx
+from typing import Any
 
 from compiler import ast
 from compiler.diagnostics import Diagnostic, error, note
 from compiler.parser import parse
 from ir.valueset import ValueSet
+
+
+def _networkx() -> Any:
+    """networkx, imported only for a graph with edges: most policies have no
+    includes and no set naming another set, and the import is most of a
+    second of every ``flowc`` start (an agent's, a CLI load's)."""
+    import networkx
+
+    return networkx
+
 
 # Larger inputs are refused rather than read into memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -177,12 +186,18 @@ def load(main_path: str, text: str | None = None) -> tuple[Loaded, list[Diagnost
 
 
 def _include_cycles(loaded: Loaded) -> list[Diagnostic]:
-    graph: nx.DiGraph[str] = nx.DiGraph()
-    for lf in loaded.files.values():
-        graph.add_node(lf.key)
-        for inc_key, _ in lf.includes:
-            if inc_key in loaded.files:
-                graph.add_edge(lf.key, inc_key)
+    edges = [
+        (lf.key, inc_key)
+        for lf in loaded.files.values()
+        for inc_key, _ in lf.includes
+        if inc_key in loaded.files
+    ]
+    if not edges:
+        return []
+    nx = _networkx()
+    graph = nx.DiGraph()
+    graph.add_nodes_from(loaded.files)
+    graph.add_edges_from(edges)
     diags = []
     order = {key: i for i, key in enumerate(loaded.files)}
     for found in nx.simple_cycles(graph):
@@ -250,16 +265,24 @@ class Resolver:
         return own
 
     def _build_scopes(self) -> None:
-        graph: nx.DiGraph[str] = nx.DiGraph()
-        for lf in self.loaded.files.values():
-            graph.add_node(lf.key)
-            for inc_key, _ in lf.includes:
-                if inc_key in self.loaded.files and inc_key != lf.key:
-                    graph.add_edge(lf.key, inc_key)
-        try:
-            order = list(reversed(list(nx.topological_sort(graph))))
-        except nx.NetworkXUnfeasible:
-            order = list(self.loaded.files)  # cycles were reported; scope best-effort
+        edges = [
+            (lf.key, inc_key)
+            for lf in self.loaded.files.values()
+            for inc_key, _ in lf.includes
+            if inc_key in self.loaded.files and inc_key != lf.key
+        ]
+        # Without includes every order is a dependency order; this is the one
+        # networkx's topological sort gives an edgeless graph, reversed.
+        order = list(reversed(self.loaded.files))
+        if edges:
+            nx = _networkx()
+            graph = nx.DiGraph()
+            graph.add_nodes_from(self.loaded.files)
+            graph.add_edges_from(edges)
+            try:
+                order = list(reversed(list(nx.topological_sort(graph))))
+            except nx.NetworkXUnfeasible:
+                order = list(self.loaded.files)  # cycles were reported; scope best-effort
         for key in order:
             lf = self.loaded.files[key]
             scope: dict[str, Definition | None] = {}
@@ -306,18 +329,28 @@ class Resolver:
     # --------------------------------------------------------------- sets
     def _evaluate_sets(self) -> None:
         """Evaluate every named set once, in dependency order (cycles are errors)."""
-        graph: nx.DiGraph[int] = nx.DiGraph()
         defs: dict[int, tuple[ast.SetDef, str]] = {}
         for lf in self.loaded.files.values():
             for item in lf.source.items:
                 if isinstance(item, ast.SetDef) and item.name not in RESERVED_WORDS:
                     defs[id(item)] = (item, lf.key)
-                    graph.add_node(id(item))
+        edges = []
         for set_id, (set_def, key) in defs.items():
             for ref in _names_in(set_def.value):
                 target = self.scopes.get(key, {}).get(ref.name)
                 if isinstance(target, ast.SetDef) and id(target) in defs:
-                    graph.add_edge(set_id, id(target))
+                    edges.append((set_id, id(target)))
+        if not edges:  # no set names another: any order is a dependency order
+            for set_id in reversed(defs):
+                set_def, key = defs[set_id]
+                self.set_values[set_id] = self.evaluate_set(
+                    set_def.value, key, set_def.name, set_def.name_pos
+                )
+            return
+        nx = _networkx()
+        graph = nx.DiGraph()
+        graph.add_nodes_from(defs)
+        graph.add_edges_from(edges)
         in_cycle: set[int] = set()
         order = {set_id: i for i, set_id in enumerate(defs)}
         for found in nx.simple_cycles(graph):

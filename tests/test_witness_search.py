@@ -28,7 +28,7 @@ from ir.packet import Packet
 from ir.valueset import ValueSet
 from tests.fixtures import EXAMPLE_PATHS
 from tests.strategies import PACKETS, REPS, SMALL, cubes, make_policy, packets, rules
-from verify.bpf import on_the_wire, probes
+from verify.bpf import expected, expected_many, on_the_wire, probes
 
 # Cubes to avoid that the REPS classes respect (each representative stands
 # for packets wholly inside or wholly outside each of them).
@@ -100,6 +100,18 @@ def test_first_match_equals_the_interpreter(specs: list, default: str, more: lis
     probes = [*REPS, *more]
     got = FirstMatch([r.match.cube for r in policy.rules]).first([p.values for p in probes])
     assert [policy.rules[i] for i in got] == [evaluate(policy, p).rule for p in probes]
+
+
+@given(
+    st.lists(rules(), min_size=0, max_size=70),
+    st.sampled_from(["allow", "drop"]),
+    st.lists(packets(), max_size=20),
+)
+def test_expected_many_is_expected_of_each(specs: list, default: str, more: list) -> None:
+    """The kernel tier's bulk oracle: the verdict triple of every packet."""
+    policy = make_policy(specs, default)
+    probes = [*REPS, *more]
+    assert expected_many(policy, probes) == [expected(policy, p) for p in probes]
 
 
 def test_first_match_says_when_no_cube_holds_a_packet() -> None:

@@ -141,6 +141,17 @@ def expected(policy: Policy, packet: Packet, target: BpfTarget = TC) -> tuple[in
     return _expected_of(evaluate(policy, packet).rule, target)
 
 
+def expected_many(
+    policy: Policy, packets: Sequence[Packet], target: BpfTarget = TC
+) -> list[tuple[int, int, int]]:
+    """:func:`expected` of each packet, from one :class:`FirstMatch` (the
+    interpreter's first match in bulk: a 10,000-rule policy judged packet by
+    packet costs minutes)."""
+    rules = policy.rules
+    first = FirstMatch([r.match.cube for r in rules]).first([p.values for p in packets])
+    return [_expected_of(rules[k], target) for k in first]
+
+
 def on_the_wire(packet: Packet) -> bool:
     """False for IPv6 packets whose 'transport' is an extension header number
     (0, 43, 44, 60): no frame can carry them, the parser walks past those."""

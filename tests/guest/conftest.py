@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from backends.bpf.emit import BpfProgram
+from runtime.bpf_loader import SlowPath, compile_together
 from tests.guest.helpers import Pace, calibrate
 from tests.netns import Pair, inside, veth_pair
 
@@ -48,3 +50,34 @@ def pace() -> Pace:
     """The guest's pace: one bcc compile timed before any test's timed wait
     (tests.guest.helpers); every wait in this tier scales from it."""
     return calibrate()
+
+
+BATCH_HOOK = "batch_programs"
+"""A guest test module that loads BPF programs in this process defines a
+function of this name returning them ({name: BpfProgram}); the ``batch``
+fixture compiles every collected module's programs at once."""
+
+
+@pytest.fixture(scope="session")
+def batch(request: pytest.FixtureRequest) -> Iterator[dict[str, SlowPath]]:
+    """Every in-process program of the tests collected in this run, keyed
+    ``module:name``, from ONE bcc compile (compile_together): in the emulated
+    guest a compile's fixed cost (clang parsing the kernel headers) is most of
+    a minute, and separate compiles per module were a large share of the
+    tier's time. Each program has its own maps and is filled with redirect
+    targets of ifindex 1 here; a test refills it (:func:`refill`) in the
+    namespace where its targets exist before attaching it."""
+    wanted: dict[str, BpfProgram] = {}
+    modules = {item.module for item in request.session.items if isinstance(item, pytest.Function)}
+    for module in sorted(modules, key=lambda m: m.__name__):
+        provide = getattr(module, BATCH_HOOK, None)
+        if provide is not None:
+            short = module.__name__.rsplit(".", 1)[-1]
+            wanted.update({f"{short}:{name}": prog for name, prog in provide().items()})
+    names = list(wanted)
+    loaded = compile_together(list(wanted.values()), ifindex_of=lambda _device: 1) if names else []
+    try:
+        yield dict(zip(names, loaded, strict=True))
+    finally:
+        for slow_path in loaded:
+            slow_path.close()

@@ -32,6 +32,7 @@ from backends.flower.rules import ROLE_CACHE, Cookie
 from backends.flower.text import parse_tc_json
 from compiler.frontend import compile_file, compile_source
 from ir.model import MIRROR, REDIRECT, Policy
+from runtime.bpf_loader import SlowPath, device_ifindex
 from runtime.flower_installer import FlowerInstaller
 from runtime.flower_netlink import InstalledFilter
 from tests.netns import Pair, inside
@@ -175,6 +176,15 @@ class AgentProcess:
             self.log.close()
             return code
         return None
+
+
+def refill(slow_path: SlowPath, netns: str) -> SlowPath:
+    """A program of the tier's batch (conftest.batch) refilled in ``netns``,
+    where its redirect and mirror targets resolve, with its counters restarted."""
+    with inside(netns):
+        slow_path.ifindex_of = device_ifindex
+        slow_path.fill(generation=1, events=False, dedup_ns=slow_path.dedup_ns)
+    return slow_path
 
 
 def policies(path: Path) -> tuple[Policy, ...]:

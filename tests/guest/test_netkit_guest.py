@@ -33,7 +33,7 @@ import pyroute2.netns
 import pytest
 from pyroute2 import IPRoute
 
-from backends.bpf.emit import lower
+from backends.bpf.emit import BpfProgram, lower
 from backends.flower import lowering as flower
 from backends.targets import NETKIT
 from compiler.frontend import compile_source
@@ -42,11 +42,11 @@ from ir.interp import evaluate
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Policy
 from ir.packet import Packet
 from runtime import bpf_syscall, netkit, tc_attach
-from runtime.bpf_loader import SlowPath, compile_together, device_ifindex
+from runtime.bpf_loader import SlowPath
 from runtime.flower_installer import FlowerInstaller
 from tests.fixtures import EXAMPLE_PATHS
 from tests.guest.conftest import inside, sh
-from tests.guest.helpers import REPO, pace, ping, policies, target_devices
+from tests.guest.helpers import REPO, pace, ping, policies, refill, target_devices
 from verify.frames import frame
 
 FLOWC = [sys.executable, "-m", "cli.main"]
@@ -169,36 +169,30 @@ TEST_POLICIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def programs() -> Iterator[dict[str, SlowPath]]:
+def batch_programs() -> dict[str, BpfProgram]:
     """Every program this module's tests load (their policies and every
-    example's), by policy name, from ONE bcc compile: in the emulated guest a
-    compile costs about a minute, most of it clang's fixed cost, so thirteen
-    separate compiles were most of the tier's time. compile_together gives each
-    program its own maps and the instructions it has alone
-    (tests/kernel/test_bpf_batch.py); each test uses its programs once, and
-    :func:`load` refills one in the site's namespace before attaching it."""
+    example's), lowered for netkit, for the tier's one compile (conftest.batch);
+    each test uses its programs once, and :func:`load` refills one in the
+    site's namespace before attaching it."""
     wanted = [compiled(text()) for text in TEST_POLICIES.values()]
     wanted += [policy for path in EXAMPLE_PATHS for policy in policies(path)]
     names = [policy.name for policy in wanted]
     assert len(set(names)) == len(names), names
-    # Redirect targets exist only in each test's site: load() resolves them there.
-    loaded = compile_together(
-        [lower(policy, target=NETKIT) for policy in wanted], ifindex_of=lambda _device: 1
-    )
-    try:
-        yield dict(zip(names, loaded, strict=True))
-    finally:
-        for slow_path in loaded:
-            slow_path.close()
+    return {policy.name: lower(policy, target=NETKIT) for policy in wanted}
+
+
+@pytest.fixture
+def programs(batch: dict[str, SlowPath]) -> dict[str, SlowPath]:
+    """This module's programs of the batch, by policy name."""
+    prefix = f"{__name__.rsplit('.', 1)[-1]}:"
+    return {key.removeprefix(prefix): sp for key, sp in batch.items() if key.startswith(prefix)}
 
 
 def load(site: Site, slow_path: SlowPath, device: str, direction: str) -> SlowPath:
     """A program of :func:`programs` refilled in the site's host namespace (its
     redirect targets resolved there) and attached to ``device``."""
+    refill(slow_path, site.host)
     with inside(site.host):
-        slow_path.ifindex_of = device_ifindex
-        slow_path.fill(generation=1, events=False, dedup_ns=slow_path.dedup_ns)
         tc_attach.attach(slow_path.fd, device, direction, mode="netkit")
     return slow_path
 
@@ -496,10 +490,7 @@ def test_atomic_replace_under_traffic_loses_nothing_both_allow(
     """A second program swapped in with BPF_LINK_UPDATE while UDP flows: every
     datagram both policies allow is counted by exactly one of them and arrives."""
     first = load(site, programs["to_web"], "nk-web", "egress")
-    second = programs["to_web2"]
-    with inside(site.host):
-        second.ifindex_of = device_ifindex
-        second.fill(generation=1, events=False, dedup_ns=second.dedup_ns)
+    second = refill(programs["to_web2"], site.host)
     after_swap = 1500
     cap = 200_000  # a bound, never reached unless the swap never comes
     sent = 0
