@@ -95,22 +95,12 @@ def test_first_match_equals_a_linear_scan(some: list[Cube]) -> None:
     st.lists(packets(), max_size=20),
 )
 def test_first_match_equals_the_interpreter(specs: list, default: str, more: list) -> None:
-    """Up to 71 rules, so bit vectors span more than one 64-bit word."""
+    """Up to 71 rules, so bit vectors span more than one 64-bit word; and the
+    kernel tier's bulk oracle built on it, verify.bpf.expected_many."""
     policy = make_policy(specs, default)
     probes = [*REPS, *more]
     got = FirstMatch([r.match.cube for r in policy.rules]).first([p.values for p in probes])
     assert [policy.rules[i] for i in got] == [evaluate(policy, p).rule for p in probes]
-
-
-@given(
-    st.lists(rules(), min_size=0, max_size=70),
-    st.sampled_from(["allow", "drop"]),
-    st.lists(packets(), max_size=20),
-)
-def test_expected_many_is_expected_of_each(specs: list, default: str, more: list) -> None:
-    """The kernel tier's bulk oracle: the verdict triple of every packet."""
-    policy = make_policy(specs, default)
-    probes = [*REPS, *more]
     assert expected_many(policy, probes) == [expected(policy, p) for p in probes]
 
 
