@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from compiler.frontend import compile_file
@@ -24,6 +24,7 @@ from ir.analysis import deciding_witnesses
 from ir.fields import HEADER_SPACE
 from ir.firstmatch import FirstMatch
 from ir.interp import evaluate
+from ir.model import Action, Match
 from ir.packet import Packet
 from ir.valueset import ValueSet
 from tests.fixtures import EXAMPLE_PATHS
@@ -43,10 +44,24 @@ AVOIDS: list[list[Cube]] = [
 ]
 
 
+SRC_0_3 = ValueSet.of_range(32, 0x0A000000, 0x0A000003)
+
+
 @given(
     st.lists(rules(), min_size=0, max_size=8),
     st.sampled_from(["allow", "drop"]),
     st.sampled_from(range(len(AVOIDS))),
+)
+# Found by hypothesis: the third rule decides SCTP from 10.0.0.0/30 to port 2,
+# which REPS lacked until it had SCTP (a port protocol) of its own.
+@example(
+    [
+        (Match((("ip_proto", ValueSet.of_value(8, 6)),)), Action("allow")),
+        (Match((("ip_proto", ValueSet.of_value(8, 17)),)), Action("allow")),
+        (Match((("family", ValueSet.of_value(8, 4)), ("ip4_src", SRC_0_3))), Action("allow")),
+    ],
+    "allow",
+    3,
 )
 def test_every_rule_that_decides_a_packet_gets_a_witness_it_decides(
     specs: list, default: str, which: int
