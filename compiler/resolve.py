@@ -36,6 +36,24 @@ def _networkx() -> Any:
     return networkx
 
 
+def _digraph(nodes: Iterable[Any], edges: Iterable[tuple[Any, Any]]) -> Any:
+    """A networkx DiGraph of ``nodes`` (in this order) and ``edges``."""
+    graph = _networkx().DiGraph()
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from(edges)
+    return graph
+
+
+def _include_edges(loaded: Loaded) -> list[tuple[str, str]]:
+    """(includer, included) for every include of a loaded file, in load order."""
+    return [
+        (lf.key, inc_key)
+        for lf in loaded.files.values()
+        for inc_key, _ in lf.includes
+        if inc_key in loaded.files
+    ]
+
+
 # Larger inputs are refused rather than read into memory.
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
@@ -186,18 +204,11 @@ def load(main_path: str, text: str | None = None) -> tuple[Loaded, list[Diagnost
 
 
 def _include_cycles(loaded: Loaded) -> list[Diagnostic]:
-    edges = [
-        (lf.key, inc_key)
-        for lf in loaded.files.values()
-        for inc_key, _ in lf.includes
-        if inc_key in loaded.files
-    ]
+    edges = _include_edges(loaded)
     if not edges:
         return []
     nx = _networkx()
-    graph = nx.DiGraph()
-    graph.add_nodes_from(loaded.files)
-    graph.add_edges_from(edges)
+    graph = _digraph(loaded.files, edges)
     diags = []
     order = {key: i for i, key in enumerate(loaded.files)}
     for found in nx.simple_cycles(graph):
@@ -265,20 +276,13 @@ class Resolver:
         return own
 
     def _build_scopes(self) -> None:
-        edges = [
-            (lf.key, inc_key)
-            for lf in self.loaded.files.values()
-            for inc_key, _ in lf.includes
-            if inc_key in self.loaded.files and inc_key != lf.key
-        ]
+        edges = [(a, b) for a, b in _include_edges(self.loaded) if a != b]
         # Without includes every order is a dependency order; this is the one
         # networkx's topological sort gives an edgeless graph, reversed.
         order = list(reversed(self.loaded.files))
         if edges:
             nx = _networkx()
-            graph = nx.DiGraph()
-            graph.add_nodes_from(self.loaded.files)
-            graph.add_edges_from(edges)
+            graph = _digraph(self.loaded.files, edges)
             try:
                 order = list(reversed(list(nx.topological_sort(graph))))
             except nx.NetworkXUnfeasible:
@@ -340,36 +344,32 @@ class Resolver:
                 target = self.scopes.get(key, {}).get(ref.name)
                 if isinstance(target, ast.SetDef) and id(target) in defs:
                     edges.append((set_id, id(target)))
-        if not edges:  # no set names another: any order is a dependency order
-            for set_id in reversed(defs):
-                set_def, key = defs[set_id]
-                self.set_values[set_id] = self.evaluate_set(
-                    set_def.value, key, set_def.name, set_def.name_pos
-                )
-            return
-        nx = _networkx()
-        graph = nx.DiGraph()
-        graph.add_nodes_from(defs)
-        graph.add_edges_from(edges)
         in_cycle: set[int] = set()
-        order = {set_id: i for i, set_id in enumerate(defs)}
-        for found in nx.simple_cycles(graph):
-            start = min(range(len(found)), key=lambda i: order[found[i]])
-            cycle = found[start:] + found[:start]
-            names = [defs[i][0].name for i in cycle]
-            first = defs[cycle[0]][0]
-            self.diags.append(
-                error(
-                    "set-cycle",
-                    "set refers to itself: " + " -> ".join([*names, names[0]]),
-                    first.name_pos,
+        # With no set naming another every order is a dependency order; this is
+        # the one networkx's topological sort gives an edgeless graph, reversed.
+        evaluation = list(reversed(defs))
+        if edges:
+            nx = _networkx()
+            graph = _digraph(defs, edges)
+            order = {set_id: i for i, set_id in enumerate(defs)}
+            for found in nx.simple_cycles(graph):
+                start = min(range(len(found)), key=lambda i: order[found[i]])
+                cycle = found[start:] + found[:start]
+                names = [defs[i][0].name for i in cycle]
+                first = defs[cycle[0]][0]
+                self.diags.append(
+                    error(
+                        "set-cycle",
+                        "set refers to itself: " + " -> ".join([*names, names[0]]),
+                        first.name_pos,
+                    )
                 )
-            )
-            in_cycle.update(cycle)
-            if len(in_cycle) > 100:
-                break
-        acyclic = graph.subgraph([n for n in graph if n not in in_cycle])
-        for set_id in reversed(list(nx.topological_sort(acyclic))):
+                in_cycle.update(cycle)
+                if len(in_cycle) > 100:
+                    break
+            acyclic = graph.subgraph([n for n in graph if n not in in_cycle])
+            evaluation = list(reversed(list(nx.topological_sort(acyclic))))
+        for set_id in evaluation:
             set_def, key = defs[set_id]
             self.set_values[set_id] = self.evaluate_set(
                 set_def.value, key, set_def.name, set_def.name_pos

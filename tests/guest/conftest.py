@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from backends.bpf.emit import BpfProgram
 from runtime.bpf_loader import SlowPath, compile_together
 from tests.guest.helpers import Pace, calibrate
 from tests.netns import Pair, inside, veth_pair
@@ -59,25 +58,27 @@ fixture compiles every collected module's programs at once."""
 
 
 @pytest.fixture(scope="session")
-def batch(request: pytest.FixtureRequest) -> Iterator[dict[str, SlowPath]]:
-    """Every in-process program of the tests collected in this run, keyed
-    ``module:name``, from ONE bcc compile (compile_together): in the emulated
-    guest a compile's fixed cost (clang parsing the kernel headers) is most of
-    a minute, and separate compiles per module were a large share of the
-    tier's time. Each program has its own maps and is filled with redirect
-    targets of ifindex 1 here; a test refills it (:func:`refill`) in the
-    namespace where its targets exist before attaching it."""
-    wanted: dict[str, BpfProgram] = {}
+def batch(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, SlowPath]]]:
+    """Every in-process program of the tests collected in this run, by module
+    name and then by program name, from ONE bcc compile (compile_together): in
+    the emulated guest a compile's fixed cost (clang parsing the kernel
+    headers) is most of a minute, and separate compiles per module were a
+    large share of the tier's time. Each program has its own maps and is
+    filled with redirect targets of ifindex 1 here; a test refills it
+    (tests.guest.helpers.refill) where its targets exist before attaching it."""
     modules = {item.module for item in request.session.items if isinstance(item, pytest.Function)}
-    for module in sorted(modules, key=lambda m: m.__name__):
-        provide = getattr(module, BATCH_HOOK, None)
-        if provide is not None:
-            short = module.__name__.rsplit(".", 1)[-1]
-            wanted.update({f"{short}:{name}": prog for name, prog in provide().items()})
-    names = list(wanted)
-    loaded = compile_together(list(wanted.values()), ifindex_of=lambda _device: 1) if names else []
+    wanted = [
+        (module.__name__, name, program)
+        for module in sorted(modules, key=lambda m: m.__name__)
+        if (provide := getattr(module, BATCH_HOOK, None)) is not None
+        for name, program in provide().items()
+    ]
+    loaded = compile_together([program for *_, program in wanted], ifindex_of=lambda _device: 1)
+    by_module: dict[str, dict[str, SlowPath]] = {}
+    for (module_name, name, _program), slow_path in zip(wanted, loaded, strict=True):
+        by_module.setdefault(module_name, {})[name] = slow_path
     try:
-        yield dict(zip(names, loaded, strict=True))
+        yield by_module
     finally:
         for slow_path in loaded:
             slow_path.close()

@@ -134,7 +134,9 @@ def settle(read: Any, before: Any) -> Any:
 
 
 @pytest.mark.parametrize("name", ["uplink", "frags"])
-def test_every_row_gets_the_policys_fate(pair: Pair, batch: dict[str, SlowPath], name: str) -> None:
+def test_every_row_gets_the_policys_fate(
+    pair: Pair, batch: dict[str, dict[str, SlowPath]], name: str
+) -> None:
     policy = guest_policies()[name]
     peers = {dev: pair.add_device(dev) for dev in sorted(target_devices(policy))}
     cases: list[FrameCase] = [
@@ -146,7 +148,7 @@ def test_every_row_gets_the_policys_fate(pair: Pair, batch: dict[str, SlowPath],
     by_handle = {f.handle: f for f in program.filters if f.chain == 0}
     observed: list[dict[str, Any]] = []
     problems: list[str] = []
-    slow = refill(batch[f"test_frames_guest:{name}"], pair.ns_b)  # nk-web is B's
+    slow = refill(batch[__name__][name], pair.ns_b)  # nk-web is B's
     with inside(pair.ns_b):
         sniff = None
         if "nk-web" in peers:

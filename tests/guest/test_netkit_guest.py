@@ -182,10 +182,9 @@ def batch_programs() -> dict[str, BpfProgram]:
 
 
 @pytest.fixture
-def programs(batch: dict[str, SlowPath]) -> dict[str, SlowPath]:
+def programs(batch: dict[str, dict[str, SlowPath]]) -> dict[str, SlowPath]:
     """This module's programs of the batch, by policy name."""
-    prefix = f"{__name__.rsplit('.', 1)[-1]}:"
-    return {key.removeprefix(prefix): sp for key, sp in batch.items() if key.startswith(prefix)}
+    return batch[__name__]
 
 
 def load(site: Site, slow_path: SlowPath, device: str, direction: str) -> SlowPath:
