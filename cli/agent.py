@@ -5,8 +5,15 @@ program (unless ``--keep``). SIGHUP, or a change to the policy file, makes it
 recompile and switch to the new policy; a policy with errors is reported
 (file:line:col and a caret, in the log) and the running one stays.
 
+``--attach tc`` (the default) runs the flow cache: flower in chain 0 of a tc
+hook in front of the slow path. ``--attach netkit`` runs the slow path as a
+netkit device's own program behind flowc's pinned link, with no cache (a
+netkit device has no qdisc; the cache belongs on the uplink), adopting the
+link a previous run left (runtime/agent/netkit_agent.py).
+
 Exit codes: 0 stopped cleanly; 1 the policy has errors or the agent could not
-start (the kernel's own words); 2 usage errors; 3 ``status`` found no agent.
+start (the kernel's own words); 2 usage errors; 3 ``status`` found no agent,
+or the kernel lacks the hook (netkit).
 """
 
 from __future__ import annotations
@@ -33,10 +40,13 @@ from compiler.diagnostics import render, summary
 from compiler.frontend import compile_file
 from ir.model import Policy
 from ir.state_analysis import uses_state
-from runtime.agent.core import Agent, AgentConfig, AgentError, structured
+from runtime.agent.core import Agent, AgentConfig, structured
+from runtime.agent.loop import AgentError
 from runtime.agent.metrics import read_status, serve
+from runtime.agent.netkit_agent import NetkitAgent
 from runtime.bpf_loader import BpfLoadError
 from runtime.flow_cache import CacheConfig
+from runtime.tc_attach import HookUnavailable
 
 DEFAULT_METRICS = "127.0.0.1:9468"
 
@@ -121,6 +131,13 @@ def run(args: argparse.Namespace) -> int:
         seen = _mtime(args.policy)
         return compile_policy()
 
+    if args.attach == "netkit" and (args.offload or args.revoke_established):
+        print(
+            "flowc: error: --attach netkit runs no flower cache (no --offload) and its "
+            "connection table cannot revoke (no --revoke-established)",
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE
     try:
         first = load()
     except PolicyLoadError as exc:
@@ -147,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
         revoke_established=args.revoke_established,
         stateful=_tracks_connections(args.policy),
     )
-    agent = Agent(config, load)
+    agent: Agent | NetkitAgent = (
+        NetkitAgent(config, load) if args.attach == "netkit" else Agent(config, load)
+    )
 
     def on_stop(_signum: int, _frame: object) -> None:
         agent.stop_requested = True
@@ -160,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     try:
         agent.start()
+    except HookUnavailable as exc:
+        print(f"flowc: error: {exc}", file=sys.stderr)
+        agent.stop()
+        return ExitCode.UNAVAILABLE
     except (AgentError, BpfLoadError) as exc:
         print(f"flowc: error: {exc}", file=sys.stderr)
         agent.stop()
@@ -256,6 +279,13 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--hook", metavar="NAME", help="the policy to run (needed if several)")
     p.add_argument("--dev", help="device (default: the policy's own)")
     p.add_argument("--direction", choices=["ingress", "egress"], help="default: the policy's own")
+    p.add_argument(
+        "--attach",
+        choices=["tc", "netkit"],
+        default="tc",
+        help="tc: the flow cache (flower in front of the slow path, default); netkit: the "
+        "slow path as a netkit primary's own program behind a pinned link, no cache",
+    )
     add_profile_options(p, help_text="NIC profile of the hook's device (default software)")
     p.add_argument(
         "--offload",

@@ -74,7 +74,7 @@ def run_load(args: argparse.Namespace) -> int:
             direction=direction,
         )
         if args.mode == "netkit":
-            netkit.check_diversion_targets(device, direction, (d for _kind, d in diversions))
+            netkit.check_diversion_targets(device, direction, netkit.diversion_targets(policy))
     except HookUnavailable as exc:
         print(f"flowc: error: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE

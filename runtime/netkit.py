@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ir.model import MIRROR, REDIRECT, Policy
 from runtime import netlink
 from runtime.netlink import (
     NLM_F_ACK,
@@ -250,6 +251,17 @@ def peer_redirect_targets(
         if found.kind in PEER_KINDS and found.peer_elsewhere:
             chosen.add(device)
     return frozenset(chosen)
+
+
+def diversion_targets(policy: Policy) -> list[str]:
+    """The devices ``policy`` redirects or mirrors to, sorted."""
+    return sorted(
+        {
+            r.action.device
+            for r in policy.rules
+            if r.action.kind in (REDIRECT, MIRROR) and r.action.device is not None
+        }
+    )
 
 
 def check_diversion_targets(

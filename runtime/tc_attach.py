@@ -352,6 +352,20 @@ def pinned_links() -> list[PinnedLink]:
     return found
 
 
+def held_link(device: str, direction: str, mode: str) -> bpf_syscall.LinkInfo | None:
+    """flowc's pinned link of this hook, when it still holds ``device`` (what a
+    restarted agent adopts: attaching swaps the program behind it); None when
+    there is no pin, or its link lost the device (attaching replaces that pin)."""
+    if mode not in LINK_MODES:
+        raise AttachError(f"only {' and '.join(LINK_MODES)} hooks have links")
+    with IPRoute() as ipr:
+        ifindex = _ifindex(ipr, device)
+    for pinned in pinned_links():
+        if pinned.pin == pin_path(device, direction, mode) and pinned.info.ifindex == ifindex:
+            return pinned.info
+    return None
+
+
 def attached_names(device: str, direction: str) -> list[str]:
     """Names of the cls_bpf programs on the hook (tc mode, every chain), to check
     what is attached."""

@@ -28,3 +28,10 @@ def test_agent_reports_policy_errors_with_a_caret(
 def test_status_without_an_agent_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agent", "status", "--metrics-addr", "127.0.0.1:1"]) == 3
     assert "no agent answers" in capsys.readouterr().err
+
+
+def test_agent_on_netkit_refuses_cache_only_options(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--offload", "skip_sw"], ["--revoke-established"]):
+        args = ["agent", "--policy", "examples/dns.fw", "--attach", "netkit", *extra]
+        assert main([*args, "--metrics-addr", "none"]) == 2
+        assert "--attach netkit runs no flower cache" in capsys.readouterr().err

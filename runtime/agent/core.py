@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from backends.bpf.abi import Event, FlowKey
+from backends.bpf.conntrack import CtSpec
 from backends.bpf.emit import ShapeChanged, lower
 from backends.flower import lowering as flower
 from backends.flower.rules import (
@@ -58,6 +59,7 @@ from ir.packet import Point, point_problems
 from runtime import bpf_loader, tc_attach
 from runtime.agent.counters import TIERS, Counters, check_counters, check_gauges
 from runtime.agent.host_table import HostConnectionTable
+from runtime.agent.loop import AgentError, PolicyLoop
 from runtime.agent.priorities import PLAN, PriorityExhausted
 from runtime.agent.seams import ConnectionTable, Installer, SlowPath, SlowPathFactory
 from runtime.conntrack import CtTable, CtTableError
@@ -70,10 +72,6 @@ log = logging.getLogger("flowc.agent")
 SLOW_CHAIN = flower.DEFAULT_SLOW_CHAIN
 GUARD_PRIO = PLAN.guard
 CATCH_ALL_PRIO = PLAN.catch_all
-
-
-class AgentError(Exception):
-    """The agent cannot start or go on; the message says why in the kernel's words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +199,18 @@ class RuleCounters:
             self.last_hit = last_hit if self.last_hit is None else max(self.last_hit, last_hit)
 
 
+def slow_path_counters(rules: int, slow_path: SlowPath) -> list[RuleCounters]:
+    """Per policy rule (``rules`` of them), what the slow path's map counted:
+    packets, bytes and the last hit as unix time."""
+    counters = [RuleCounters() for _ in range(rules)]
+    now_wall, now_mono_ns = time.time(), time.monotonic_ns()
+    for rule, (packets, nbytes, last_ns) in enumerate(slow_path.rule_stats()):
+        if rule < rules:
+            last = now_wall - (now_mono_ns - last_ns) / 1e9 if last_ns else None
+            counters[rule].hit("slow", packets, nbytes, last)
+    return counters
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The agent's state at the last poll, read by the metrics endpoint's thread."""
@@ -217,7 +227,7 @@ class Snapshot:
         check_gauges(self.gauges)
 
 
-class Agent:
+class Agent(PolicyLoop):
     """One hook's flow cache agent. :meth:`start`, then :meth:`run`, then :meth:`stop`."""
 
     def __init__(
@@ -241,23 +251,17 @@ class Agent:
         holds only connection rules (runtime/flow_cache.py) and no proactive
         filter is installed, since a filter deciding in front of the slow path
         would keep commits and state changes from the table."""
+        super().__init__(load_policy, clock, config.poll_interval)
         self.config = config
-        self.load_policy = load_policy
-        self.clock = clock
         self.make_slow_path = slow_path or self._load_bpf_slow_path
         self.attach_slow_path = attach
         self.connections = connections
         self.queue = EventQueue(config.queue_size)
-        self.stats = Counters()
-        self.generation = 0
-        self.policy: Policy | None = None
         self.installer: Installer | None = installer
         self.slow_path: SlowPath | None = None
         self.cache: FlowCache | None = None
         self.proactive: list[FlowerFilter] = []
         self.catch_all: FlowerFilter | None = None
-        self.reload_requested = False
-        self.stop_requested = False
         self.snapshot: Snapshot | None = None
         self.retired: dict[int, tuple[int, int]] = {}  # rule -> cache counts of deleted rules
         self.install_latency: list[float] = []  # seconds, event timestamp -> rule installed
@@ -352,8 +356,10 @@ class Agent:
 
     def _load_bpf_slow_path(self, policy: Policy, generation: int) -> SlowPath:
         """The real slow path: the policy compiled to BPF and loaded with bcc."""
+        # On a host that tracks connections every hook commits, this one too.
+        conntrack = CtSpec() if self.config.stateful else None
         return bpf_loader.SlowPath(
-            lower(policy, self.config.strategy),
+            lower(policy, self.config.strategy, conntrack=conntrack),
             generation=generation,
             events=True,
             dedup_ns=self.config.dedup_ns,
@@ -437,29 +443,11 @@ class Agent:
             log.warning("delete failed", extra={"fields": {"error": str(exc)}})
 
     # ------------------------------------------------------------------- loop
-    def run(
-        self,
-        *,
-        until: Callable[[], bool] | None = None,
-        reload_if: Callable[[], bool] | None = None,
-    ) -> None:
-        """Handle miss events and poll statistics until :attr:`stop_requested`
-        (set by a signal handler) or ``until()`` is true; reload the policy when
-        :attr:`reload_requested` is set or ``reload_if()`` says the file changed."""
+    def wait(self) -> None:
+        """Read the ring buffer (up to 50 ms) and turn what came into cache rules."""
         assert self.slow_path is not None
-        next_poll = self.clock() + self.config.poll_interval
-        while not self.stop_requested and not (until is not None and until()):
-            self.slow_path.poll_events(50)
-            self.handle_events()
-            now = self.clock()
-            if now >= next_poll:
-                next_poll = now + self.config.poll_interval
-                if reload_if is not None and reload_if():
-                    self.reload_requested = True
-                self.poll()
-            if self.reload_requested:
-                self.reload_requested = False
-                self.reload()
+        self.slow_path.poll_events(50)
+        self.handle_events()
 
     def handle_events(self) -> int:
         """Turn queued miss events into cache rules; returns how many were handled."""
@@ -505,27 +493,6 @@ class Agent:
                 self.retired[rule] = (old_packets + packets, old_bytes + nbytes)
 
     # ----------------------------------------------------------------- update
-    def reload(self) -> bool:
-        """Recompile the policy and switch to it; a policy that does not compile
-        or load is reported and the running one stays, and an unchanged one is
-        left alone. True when switched."""
-        try:
-            policy = self.load_policy()
-        except Exception as exc:  # the loader's own error, already worded for people
-            self.stats["policy_update_failures"] += 1
-            log.error("policy update refused", extra={"fields": {"error": str(exc)}})
-            return False
-        if policy == self.policy:
-            log.info("policy unchanged", extra={"fields": {"generation": self.generation}})
-            return False
-        try:
-            self.update(policy)
-        except AgentError as exc:
-            self.stats["policy_update_failures"] += 1
-            log.error("policy update failed", extra={"fields": {"error": str(exc)}})
-            return False
-        return True
-
     def update(self, policy: Policy) -> None:
         """Switch to ``policy``: guard, swap the slow path, revalidate the cache,
         replace the proactive filters, drop the guard."""
@@ -591,12 +558,8 @@ class Agent:
         """Per policy rule: packets, bytes and last hit from the slow path's map,
         the cache rules (live and retired) and the proactive flower filters."""
         assert self.policy is not None and self.slow_path is not None and self.cache is not None
-        counters = [RuleCounters() for _ in self.policy.rules]
-        now_wall, now_mono_ns = time.time(), time.monotonic_ns()
-        for rule, (packets, nbytes, last_ns) in enumerate(self.slow_path.rule_stats()):
-            if rule < len(counters):
-                last = now_wall - (now_mono_ns - last_ns) / 1e9 if last_ns else None
-                counters[rule].hit("slow", packets, nbytes, last)
+        counters = slow_path_counters(len(self.policy.rules), self.slow_path)
+        now_wall = time.time()
         for rule, (packets, nbytes) in self.retired.items():
             if rule < len(counters):
                 counters[rule].hit("cache", packets, nbytes, None)

@@ -18,6 +18,7 @@ instance that dies with it.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import errno
 import os
 import socket
@@ -35,6 +36,7 @@ from pyroute2 import IPRoute
 
 from backends.bpf.emit import BpfProgram, lower
 from backends.flower import lowering as flower
+from backends.nic_profile import load_profile
 from backends.targets import NETKIT
 from compiler.frontend import compile_source
 from ir.analysis import region_witnesses
@@ -42,6 +44,8 @@ from ir.interp import evaluate
 from ir.model import ALLOW, DROP, MARK, MIRROR, REDIRECT, Policy
 from ir.packet import Packet
 from runtime import bpf_syscall, netkit, tc_attach
+from runtime.agent.core import AgentConfig
+from runtime.agent.netkit_agent import NetkitAgent
 from runtime.bpf_loader import SlowPath
 from runtime.flower_installer import FlowerInstaller
 from tests.fixtures import EXAMPLE_PATHS
@@ -166,6 +170,9 @@ TEST_POLICIES = {
         "to_web", "to_web2"
     ),
     "web_guard": lambda: WEB_GUARD,
+    "nk_agent": lambda: NK_AGENT,
+    "nk_agent_wide": lambda: NK_AGENT_WIDE,
+    "nk_agent_next": lambda: NK_AGENT_NEXT,
 }
 
 
@@ -621,6 +628,131 @@ def test_flower_on_the_uplink_netkit_on_the_container(
         assert received(listeners[7101], 20) == 0
         # Rules in order, the default last: allow 7100, drop 7101, default drop.
         assert counts(guard) == [4, 3, 0]
+    finally:
+        with inside(site.host):
+            tc_attach.detach("nk-web", "egress", mode="netkit")
+        for s in listeners.values():
+            s.close()
+
+
+NK_AGENT = """
+policy nk_agent egress on nk-web {
+    default drop
+    allow icmp
+    allow udp dport 5000
+    drop udp dport 6000
+}
+"""
+NK_AGENT_SAME_SHAPE = NK_AGENT.replace("allow udp dport 5000", "drop udp dport 5000").replace(
+    "drop udp dport 6000", "allow udp dport 6000"
+)
+NK_AGENT_WIDE = """
+policy nk_agent_wide egress on nk-web {
+    default drop
+    allow icmp
+    allow udp dport 5000
+    allow udp from 10.201.0.0/24 dport 6000
+}
+"""
+NK_AGENT_NEXT = """
+policy nk_agent_next egress on nk-web {
+    default drop
+    allow icmp
+    allow udp dport 7000
+}
+"""
+NK_AGENT_DIVERTS = """
+endpoint tap { ip 10.201.0.9; dev upl-h }
+policy nk_agent egress on nk-web {
+    default allow
+    mirror udp dport 7000 -> tap
+}
+"""
+
+
+def test_agent_on_netkit_updates_and_adopts_its_link_across_a_restart(
+    site: Site, programs: dict[str, SlowPath]
+) -> None:
+    """The agent with --attach netkit (in process, on batch programs): start pins a
+    link; an update of the same shape stays in the program, one of a new shape
+    swaps a program in behind the same link, a diverting one is refused; a stop
+    with keep leaves the program enforcing; the next agent adopts the link (same
+    link, new program); a stop without keep leaves no link and no pin."""
+    with inside(site.host):
+        ifindex = socket.if_nametoindex("nk-web")
+    pin = tc_attach.pin_path("nk-web", "egress", "netkit")
+    loaded: list[SlowPath] = []
+
+    def load_program(policy: Policy, _generation: int) -> SlowPath:
+        loaded.append(refill(programs[policy.name], site.host))
+        return loaded[-1]
+
+    current = [compiled(NK_AGENT)]
+    config = AgentConfig(
+        device="nk-web", direction="egress", profile=load_profile("software"), keep=True
+    )
+    listeners = {port: udp_listener(site.web, WEB, port) for port in (5000, 6000, 7000)}
+
+    def delivered(allowed: set[int]) -> dict[int, int]:
+        """3 datagrams to each port from outside; how many reached web (the
+        allowed ports' 3 are awaited; a dropped port waits out one timeout)."""
+        for port in listeners:
+            send_udp(site.outside, WEB, port, 3)
+        return {p: received(s, 3 if p in allowed else 1) for p, s in listeners.items()}
+
+    def agent(keep: bool) -> NetkitAgent:
+        made = NetkitAgent(
+            dataclasses.replace(config, keep=keep), lambda: current[0], slow_path=load_program
+        )
+        with inside(site.host):
+            made.start()
+        return made
+
+    try:
+        first = agent(keep=True)
+        assert first.adopted is None
+        (link,) = netkit_links(ifindex)
+        assert link.attach_type == bpf_syscall.BPF_NETKIT_PRIMARY and pin.exists()
+        assert delivered({5000}) == {5000: 3, 6000: 0, 7000: 0}
+        first.poll()
+        assert first.snapshot is not None
+        # Rules in order, the default last: icmp, 5000, 6000, default.
+        assert [r[3].packets["slow"] for r in first.snapshot.rules] == [0, 3, 3, 3]
+
+        current[0] = compiled(NK_AGENT_SAME_SHAPE)
+        with inside(site.host):
+            assert first.reload()
+        assert netkit_links(ifindex) == [link] and len(loaded) == 1  # in place
+        assert delivered({6000}) == {5000: 0, 6000: 3, 7000: 0}
+
+        current[0] = compiled(NK_AGENT_WIDE)  # a source prefix: other maps
+        with inside(site.host):
+            assert first.reload()
+        (wide,) = netkit_links(ifindex)
+        assert wide.link_id == link.link_id and wide.prog_id != link.prog_id
+        assert delivered({5000, 6000}) == {5000: 3, 6000: 3, 7000: 0}
+
+        current[0] = compiled(NK_AGENT_DIVERTS)
+        with inside(site.host):
+            assert not first.reload()
+        assert first.stats["policy_update_failures"] == 1 and netkit_links(ifindex) == [wide]
+
+        first.stop()  # keep: the link and its program stay, enforcing
+        assert netkit_links(ifindex) == [wide] and pin.exists()
+        assert delivered({5000, 6000}) == {5000: 3, 6000: 3, 7000: 0}
+
+        current[0] = compiled(NK_AGENT_NEXT)
+        second = agent(keep=False)
+        assert second.adopted == wide
+        (adopted,) = netkit_links(ifindex)
+        assert adopted.link_id == link.link_id and adopted.prog_id != wide.prog_id
+        assert delivered({7000}) == {5000: 0, 6000: 0, 7000: 3}
+
+        with inside(site.host):
+            second.stop()
+        assert netkit_links(ifindex) == [] and not pin.exists()
+        # No program: the pair's default policy (pass) applies again.
+        assert delivered({5000, 6000, 7000}) == {5000: 3, 6000: 3, 7000: 3}
     finally:
         with inside(site.host):
             tc_attach.detach("nk-web", "egress", mode="netkit")

@@ -21,7 +21,8 @@ from compiler.frontend import compile_source
 from compiler.packet_syntax import parse_packet
 from ir.conntrack import TcpState
 from ir.model import Policy
-from runtime.agent.core import Agent, AgentConfig, AgentError
+from runtime.agent.core import Agent, AgentConfig
+from runtime.agent.loop import AgentError
 from runtime.bpf_loader import SlowPath
 from runtime.conntrack import CtTable
 from runtime.flow_cache import CacheConfig

@@ -71,3 +71,23 @@ def test_attach_raises_hook_unavailable(netns: str) -> None:
 def test_creating_a_pair_reports_the_kernels_words(netns: str) -> None:
     with inside(netns), pytest.raises(netkit.NetkitError, match="Unknown device type"):
         netkit.create_pair("fknk0", "fknk1")
+
+
+def test_agent_attach_netkit_names_the_missing_feature(netns: str, tmp_path: Path) -> None:
+    """The agent refuses before compiling, as ``flowc load`` does, and leaves nothing."""
+    policy = tmp_path / "p.fw"
+    policy.write_text(POLICY)
+    proc = subprocess.run(
+        [
+            "nsenter", f"--net=/run/netns/{netns}", *FLOWC, "agent", "--policy", str(policy),
+            "--attach", "netkit", "--metrics-addr", "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "CONFIG_NETKIT" in proc.stderr and "Linux 6.7+" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not tc_attach.pin_path("fknv0", "ingress", "netkit").exists()
