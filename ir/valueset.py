@@ -172,8 +172,23 @@ class ValueSet:
         return sum(hi - lo + 1 for lo, hi in self.intervals)
 
     def is_subset(self, other: ValueSet) -> bool:
-        """True when every value of ``self`` is in ``other``."""
-        return (self - other).is_empty()
+        """True when every value of ``self`` is in ``other``.
+
+        Canonical intervals never touch, so each interval of ``self`` must lie
+        inside a single interval of ``other``: one merge-like pass, nothing built
+        (the proofs ask this millions of times)."""
+        a, b = self.intervals, other.intervals
+        if not a:
+            return True
+        if len(b) == 1:
+            return b[0][0] <= a[0][0] and a[-1][1] <= b[0][1]
+        j, n = 0, len(b)
+        for lo, hi in a:
+            while j < n and b[j][1] < lo:
+                j += 1
+            if j == n or b[j][0] > lo or b[j][1] < hi:
+                return False
+        return True
 
     def overlaps(self, other: ValueSet) -> bool:
         """True when the sets share a value."""

@@ -110,6 +110,20 @@ def refinements(draw: st.DrawFn) -> tuple[list[Entry], list[Entry], list[int | N
                 sets[field] = part
                 pieces.append(Entry(Cube(tuple(sets)), rule.decision))
                 hints.append(i)
+    # Traps first, as a lowering puts its fragment and malformed-frame traps:
+    # sometimes one cube's two halves (cut along a field), which the checker
+    # joins back into one hull.
+    for _ in range(draw(st.integers(0, 2))):
+        trap = draw(cubes)
+        field = draw(st.integers(0, len(SMALL.fields) - 1))
+        cut = draw(st.integers(0, (1 << SMALL.fields[field].width) - 1))
+        below = trap.sets[field] & ValueSet.of_range(trap.sets[field].width, 0, cut)
+        for part in (below, trap.sets[field] - below):
+            if part.intervals:
+                sets = list(trap.sets)
+                sets[field] = part
+                pieces.insert(0, Entry(Cube(tuple(sets)), ANY))
+                hints.insert(0, None)
     for _ in range(draw(st.integers(0, 2))):
         if not pieces:
             break

@@ -489,7 +489,9 @@ def check(
     chain0 = _Chain0(owners, right, flat.groups)
     index = _left_index(policy, stateful)
     hints = [_hint(f, index) for f in owners]
-    outcome = check_refinement(HEADER_SPACE, left, right, hints=hints, step_limit=step_limit)
+    # One index over the filters for the policy's walk and every malformed view's.
+    filter_list = FirstMatch(HEADER_SPACE, right)
+    outcome = check_refinement(HEADER_SPACE, left, filter_list, hints=hints, step_limit=step_limit)
     if outcome.divergences:
         d = outcome.divergences[0]
         assert d.right is not None, "no filter matched, so the slow path decides"
@@ -510,7 +512,7 @@ def check(
     for view in MALFORMED_VIEWS:
         view_left = [Entry(view.cube, drop), Entry(full_cube(HEADER_SPACE), ANY)]
         walk = check_refinement(
-            HEADER_SPACE, view_left, right, step_limit=max(1, step_limit - steps)
+            HEADER_SPACE, view_left, filter_list, step_limit=max(1, step_limit - steps)
         )
         steps += walk.steps
         if not walk.settled:

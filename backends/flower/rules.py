@@ -34,6 +34,8 @@ from ir.valueset import ValueSet
 VLAN_PROTOCOLS = (ETH_P_8021Q, ETH_P_8021AD)
 ETH_FOR_FAMILY = {FAMILY_IPV4: ETH_P_IP, FAMILY_IPV6: ETH_P_IPV6}
 FAMILY_FOR_ETH = {v: k for k, v in ETH_FOR_FAMILY.items()}
+_FULL_SETS = {f.name: f.full for f in HEADER_SPACE.fields}
+"""Every field's full set, the start of every filter's cube (built once)."""
 
 
 class FlowerKind(StrEnum):
@@ -300,7 +302,7 @@ class FlowerMatch:
         nothing is checked on a guess.
         """
         space = HEADER_SPACE
-        sets = {f.name: f.full for f in space.fields}
+        sets = dict(_FULL_SETS)
         if self.protocol in VLAN_PROTOCOLS:
             if self.protocol != ETH_P_8021Q or self.vlan_ethtype in VLAN_PROTOCOLS:
                 return None
