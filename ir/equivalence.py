@@ -144,8 +144,8 @@ class FirstMatch:
 
     def reachable(self) -> list[Cube | None]:
         """Per entry, a cube holding every packet it decides: its own without
-        what earlier traps take (:meth:`_Traps.trim`; None when they take it
-        whole). Computed once per list.
+        what the leading traps take (:meth:`_Traps.trim_leading`; None when
+        they take it whole). Computed once per list.
 
         A lowering puts traps first (every fragment, every malformed frame to
         the slow path), and a filter's cube still holds what they take: a
@@ -157,7 +157,7 @@ class FirstMatch:
         """
         if self._reach is None:
             traps = self.traps()
-            self._reach = [traps.trim(cube, j) for j, cube in enumerate(self.cubes)]
+            self._reach = [traps.trim_leading(cube, j) for j, cube in enumerate(self.cubes)]
         return self._reach
 
     def first(self, point: Point) -> int | None:
@@ -374,16 +374,23 @@ class _Traps:
         found = self.locate(point)
         return None if found is None else self.positions[found]
 
-    def trim(self, cube: Cube, stop: int) -> Cube | None:
-        """``cube`` without what the traps before position ``stop`` hold, where
-        each removal leaves one cube (None: nothing left)."""
-        current: Cube | None = cube
-        if stop >= self.lead:
-            current, _last = _trim(cube, self.hulls)
+    def trim_leading(self, cube: Cube, stop: int) -> Cube | None:
+        """``cube`` without what the leading traps hold (when they all come before
+        position ``stop``), where each removal leaves one cube (None: nothing left)."""
+        if stop < self.lead:
+            return cube
+        return _trim(cube, self.hulls)[0]
+
+    def trim_later(self, cube: Cube, stop: int) -> Cube | None:
+        """``cube`` without what the traps after the leading ones and before
+        position ``stop`` hold, where each removal leaves one cube (None: nothing
+        left): an index look-up, done only when it may find a container."""
         before = bisect.bisect_left(self.positions, stop)
-        if self.index is None or current is None or before <= self.lead:
-            return current
-        for t in self.index.candidates_of(current, self.lead, before):
+        if self.index is None or before <= self.lead:
+            return cube
+        current: Cube | None = cube
+        for t in self.index.candidates_of(cube, self.lead, before):
+            assert current is not None
             current = _without(current, self.cubes[t], self.narrow[t])
             if current is None:
                 break
@@ -513,7 +520,7 @@ class _Refinement:
         numbers: dict[Hashable, int] = {}
         self.left_says = [_number(e.decision, numbers) for e in self.left.entries]
         self.right_says = [_number(e.decision, numbers) for e in self.right.entries]
-        self.cube_of = self.right.reachable()
+        self.cube_of = list(self.right.reachable())
         self.hints = hints
         self.step_limit = step_limit
         self.outcome = Outcome()
@@ -564,7 +571,16 @@ class _Refinement:
         says, cube = self.right_says[j], self.cube_of[j]
         if says == _ANY_NUMBER or cube is None:
             return None
-        return self._container_of(cube, says, j, previous)
+        found = self._container_of(cube, says, j, previous)
+        if found is not None:
+            return found
+        # Traps further down (a profile's traps for rules it cannot hold) may
+        # take what keeps it out of every rule: looked up only now.
+        trimmed = self.right.traps().trim_later(cube, j)
+        if trimmed is cube:
+            return None
+        self.cube_of[j] = trimmed
+        return None if trimmed is None else self._container_of(trimmed, says, j, previous)
 
     def _container_of(self, cube: Cube, says: int, j: int, previous: int | None) -> int | None:
         guesses = []

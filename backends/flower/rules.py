@@ -165,6 +165,16 @@ EXACT_KEYS = tuple(k.name for k in FLOWER_KEYS if k.matching == Matching.EXACT)
 MASKED_KEYS = tuple(k.name for k in FLOWER_KEYS if k.matching != Matching.EXACT)
 # The keys the frame logic does not read: IR fields, each through its registry entry.
 _FIELD_KEYS = tuple(k for k in FLOWER_KEYS if not k.tag)
+_KEY_FIELDS = {
+    family: tuple(
+        (key, name, HEADER_SPACE.field(name).width if name is not None else 0)
+        for key in _FIELD_KEYS
+        for name in (key.field_for(family),)
+    )
+    for family in (None, FAMILY_IPV4, FAMILY_IPV6)
+}
+"""Per family, each field key with the IR field it carries and that field's
+width (looked up once: every filter's cube walks this)."""
 # Fields that exist only where the transport header does (their prerequisite
 # names the fragment state): the flow dissector reads them as 0 in every IP
 # fragment, as cls_flower dissects without FLOW_DISSECTOR_F_PARSE_1ST_FRAG.
@@ -321,15 +331,13 @@ class FlowerMatch:
             if family is None:
                 return None
             sets["family"] = ValueSet.of_value(8, family)
-        for flower_key in _FIELD_KEYS:
+        for flower_key, name, width in _KEY_FIELDS[family]:
             key = getattr(self, flower_key.name)
             if key is None:
                 continue
             if flower_key.needs_family and family is None:
                 raise FlowerMatchError(f"{flower_key.name} key without an IP protocol")
-            name = flower_key.field_for(family)
             assert name is not None
-            width = space.field(name).width
             if flower_key.cover == Cover.FRAG:
                 assert isinstance(key, Masked)
                 sets[name] = frag_states(key)
