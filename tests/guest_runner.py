@@ -281,8 +281,11 @@ def main(argv: list[str]) -> int:
             f"> {log_file} 2>&1; echo $? > {status_file}; kill $hb"
         )
         env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
-        attempts = [True, False] if kvm_usable(kernel) else [False]
-        for kvm in attempts:
+        # Emulation twice: once (after a host tier of many namespaces and
+        # programs) vng exited within seconds without booting and without a
+        # word, and the same command booted at once when run again.
+        attempts = ([True] if kvm_usable(kernel) else []) + [False, False]
+        for attempt, kvm in enumerate(attempts):
             code, stdout, stderr = run_guest(
                 vng_command(kernel, rwdir, inner, kvm=kvm), env, Path(rwdir)
             )
@@ -292,9 +295,12 @@ def main(argv: list[str]) -> int:
                 return EXIT_NO_GUEST
             if (Path(rwdir) / "booted").exists():
                 break
+            then = "" if attempt + 1 == len(attempts) else ", trying emulation again"
+            if kvm:
+                then = ", trying emulation"
             print(
-                f"guest tier: the guest did not boot ({'kvm' if kvm else 'emulated'}"
-                f"{', trying emulation' if kvm else ''}): {stderr.strip()[-300:]}",
+                f"guest tier: the guest did not boot ({'kvm' if kvm else 'emulated'}{then}; "
+                f"vng exit {code}): {stderr.strip()[-300:]} {stdout.strip()[-300:]}",
                 file=sys.stderr,
             )
         else:
