@@ -135,6 +135,9 @@ struct flowc_config {
 	__u64 ct_now_ns;  /* test clock: when non-zero, the connection tracker's "now"
 			   * (BPF_PROG_TEST_RUN cannot fake time); 0 in production,
 			   * where now is bpf_ktime_get_ns() */
+	__u32 ct_hook;    /* ir/conntrack.py hook_id() of the policy: what a commit
+			   * records (in the config, since a refill may rename it) */
+	__u32 pad0;
 };
 
 /* The connection table (bpf/flowc_ct.h), one per host, pinned and shared by
@@ -163,7 +166,9 @@ struct flowc_ct_entry {
 	__u8  replied;         /* a reply was seen: both directions established */
 	__u8  tcp;             /* FLOWC_TCP_* (ir/conntrack.py TcpState) */
 	__u8  fin_from;        /* bit per direction (0 original, 1 reply) that sent a FIN */
-	__u8  pad0[5];
+	__u8  start_flags;     /* the committing packet's TCP flags (0 for other protocols) */
+	__u32 hook;            /* hook_id() of the committing policy: with the tuple and
+				* start_flags, what --revoke-established goes by */
 };
 
 /* TCP states (ir/conntrack.py TcpState). */

@@ -131,10 +131,9 @@ def run(args: argparse.Namespace) -> int:
         seen = _mtime(args.policy)
         return compile_policy()
 
-    if args.attach == "netkit" and (args.offload or args.revoke_established):
+    if args.attach == "netkit" and args.offload:
         print(
-            "flowc: error: --attach netkit runs no flower cache (no --offload) and its "
-            "connection table cannot revoke (no --revoke-established)",
+            "flowc: error: --attach netkit runs no flower cache (no --offload)",
             file=sys.stderr,
         )
         return ExitCode.USAGE

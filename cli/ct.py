@@ -43,6 +43,8 @@ def connection_json(c: Connection, now_ns: int) -> dict[str, object]:
         "age_s": round((now_ns - c.created_ns) / NS_PER_S, 3),
         "idle_s": round((now_ns - c.last_ns) / NS_PER_S, 3),
         "packets": {"original": c.packets[0], "reply": c.packets[1]},
+        "hook_id": f"{c.hook_id:#010x}",
+        "start_flags": c.start_flags if c.key.proto == PROTO_TCP else None,
     }
 
 
@@ -53,7 +55,7 @@ def connection_line(c: Connection, now_ns: int) -> str:
     left = (c.expires_ns - now_ns) / NS_PER_S
     expiry = "expired" if left <= 0 else f"expires in {left:.0f}s"
     counts = f"packets {c.packets[0]} orig / {c.packets[1]} reply"
-    return f"{c.key}  {state}{tcp}  {expiry}  {counts}"
+    return f"{c.key}  {state}{tcp}  {expiry}  {counts}  hook {c.hook_id:#010x}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from compiler.resolve import (
     device_problem,
 )
 from ir import model
+from ir.conntrack import hook_id
 from ir.fields import (
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -112,6 +113,7 @@ class Lowerer:
         policies = []
         seen_names: dict[str, ast.PolicyDef] = {}
         seen_hooks: dict[tuple[str, str], ast.PolicyDef] = {}
+        seen_ids: dict[int, ast.PolicyDef] = {}
         for lf in self.loaded.files.values():
             lines = self.loaded.sources.get(lf.display, "").splitlines()
             for item in lf.source.items:
@@ -140,6 +142,22 @@ class Lowerer:
                         )
                     )
                 seen_hooks[hook] = item
+                table_id = hook_id(item.name)
+                if table_id in seen_ids:
+                    # The host's connection table records a 32-bit id of the
+                    # committing policy's name (ir/conntrack.py hook_id), which
+                    # --revoke-established goes by: two names with one id would
+                    # let one policy's update revoke the other's connections.
+                    self.diags.append(
+                        error(
+                            "hook-id-clash",
+                            f"policies {seen_ids[table_id].name!r} and {item.name!r} have the "
+                            f"same connection-table id {table_id:#010x}; rename one",
+                            item.name_pos,
+                            note("the other policy", seen_ids[table_id].name_pos),
+                        )
+                    )
+                seen_ids[table_id] = item
                 policy = self.policy(item, lf.key, lines)
                 if policy is not None:
                     policies.append(policy)

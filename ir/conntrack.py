@@ -57,6 +57,10 @@ The semantics, which the README's "Connection tracking" section restates:
   untracked; ``on_full`` says whether that new packet keeps its verdict
   (``allow``, the default: its replies will not be established) or is
   dropped (``drop``, fail closed).
+* Revocation (``--revoke-established``, on a policy update). An entry records
+  the committing hook (:func:`hook_id`) and, for TCP, the committing packet's
+  flags; a connection of the updated hook is removed when the new policy drops
+  some packet that could have committed it as recorded (:func:`revokes`).
 
 Times are integer nanoseconds on a clock that never goes back.
 """
@@ -64,12 +68,15 @@ Times are integer nanoseconds on a clock that never goes back.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
+from ir.algebra import Cube, cube, intersect, is_feasible
+from ir.analysis import deciding_witnesses
 from ir.fields import (
     FAMILY_IPV4,
     FRAG_LATER,
@@ -87,10 +94,12 @@ from ir.fields import (
     STATE_NEW,
     STATE_RELATED,
     TCP_FLAG_BITS,
+    Space,
 )
 from ir.interp import Verdict, evaluate
 from ir.model import DROP, Action, Policy
 from ir.packet import Packet
+from ir.valueset import ValueSet
 
 NS_PER_S = 1_000_000_000
 
@@ -301,8 +310,12 @@ class Connection(NamedTuple):
         expires_ns: the time at which the connection is gone unless a packet comes first.
         created_ns, last_ns: when it was committed and last saw a packet.
         packets: packets seen (original, reply), the committing one included.
-        hook: the policy (hook) whose verdict committed it ("" when not known).
-        first: the committing packet (what ``--revoke-established`` re-decides).
+        hook: the policy (hook) whose verdict committed it ("" when not known;
+            the BPF table records only its :func:`hook_id`).
+        hook_id: :func:`hook_id` of that policy's name (0 when not known).
+        start_flags: the committing packet's TCP flags (0 for other protocols).
+            With the tuple and the hook, all ``--revoke-established`` goes by
+            (:func:`revokes`): what every datapath's table records.
     """
 
     key: ConnKey
@@ -314,7 +327,8 @@ class Connection(NamedTuple):
     last_ns: int
     packets: tuple[int, int] = (1, 0)
     hook: str = ""
-    first: Packet | None = None
+    hook_id: int = 0
+    start_flags: int = 0
 
     @property
     def steady(self) -> bool:
@@ -398,7 +412,7 @@ class ConnTracker:
     """A host's connection table and the rules above (see the module doc)."""
 
     can_revoke = True
-    """Entries record the committing hook and packet, so :meth:`revoke` can decide."""
+    """Entries record the committing hook and TCP flags, so :meth:`revoke` can decide."""
 
     def __init__(self, config: CtConfig | None = None) -> None:
         self.config = config if config is not None else CtConfig()
@@ -566,7 +580,8 @@ class ConnTracker:
             now_ns,
             (original + 1, reply) if direction == Direction.ORIGINAL else (original, reply + 1),
             connection.hook,
-            connection.first,
+            connection.hook_id,
+            connection.start_flags,
         )
         state = STATE_ESTABLISHED if replied else STATE_NEW
         return Observation(state, connection.key, direction, stored=True)
@@ -623,7 +638,10 @@ class ConnTracker:
             created_ns=now_ns,
             last_ns=now_ns,
             hook=hook,
-            first=packet,
+            hook_id=hook_id(hook) if hook else 0,
+            start_flags=packet.get("tcp_flags")
+            if packet is not None and key.proto == PROTO_TCP
+            else 0,
         )
         self.counters["commits"] += 1
         return True
@@ -678,13 +696,12 @@ class ConnTracker:
 
     def revoke(self, policy: Policy) -> list[ConnKey]:
         """``--revoke-established``: remove the connections committed at ``policy``'s
-        hook whose committing packet ``policy`` would now drop. Returns their keys."""
+        hook that ``policy`` would no longer let start (:func:`revokes`). Returns
+        their keys."""
         gone = []
+        hook = hook_id(policy.name)
         for key, connection in list(self._table.items()):
-            if connection.hook != policy.name or connection.first is None:
-                continue
-            first = connection.first.with_field("state", STATE_NEW)
-            if evaluate(policy, first).action.kind == DROP:
+            if connection.hook_id == hook and revokes(policy, connection):
                 del self._table[key]
                 gone.append(key)
         self.counters["revoked"] += len(gone)
@@ -790,3 +807,81 @@ def _tcp_kind(judged: int) -> str:
 def _flag_words(flags: int) -> str:
     names = [name for name, bit in TCP_FLAG_BITS.items() if flags & bit]
     return "+".join(n.upper() for n in names) if names else "with no flags"
+
+
+# ---------------------------------------------------------------- revocation
+#
+# A table entry records the connection's original-direction tuple, the hook
+# that committed it (hook_id) and, for TCP, the committing packet's flags: all
+# a datapath's table can afford per entry (the BPF table has five spare bytes
+# per entry, not a packet). Revocation goes by exactly that, in every table,
+# so the reference and the kernel revoke the same connections: a connection
+# is revoked when the new policy of its hook would drop SOME packet that
+# could have committed it as recorded (its tuple, state new, its TCP flags,
+# anything in every field the entry does not record: DSCP, VLAN, fragment
+# state). Where the new policy looks only at recorded fields that is the
+# committing packet's own verdict; where it tells such packets apart by an
+# unrecorded field, the connection goes (fail closed: a policy change never
+# keeps a connection it might have refused).
+
+_FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
+
+
+@functools.lru_cache(maxsize=1024)
+def hook_id(name: str) -> int:
+    """The 32-bit id a table entry records for the hook (policy) ``name`` that
+    committed it: FNV-1a of the name's UTF-8 bytes, never 0 (0: not recorded).
+
+    >>> hex(hook_id("web_in"))
+    '0xfc824855'
+    """
+    value = _FNV_OFFSET
+    for byte in name.encode():
+        value = ((value ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return value or 1
+
+
+def commit_cube(key: ConnKey, start_flags: int = 0, space: Space = HEADER_SPACE) -> Cube:
+    """The packets that could have committed connection ``key`` as its entry
+    records it: the original-direction tuple, state ``new``, an echo request
+    for ICMP echo, ``start_flags`` for TCP; every other field free."""
+    width = 32 if key.family == FAMILY_IPV4 else 128
+    prefix = "ip4" if key.family == FAMILY_IPV4 else "ip6"
+    constraints = {
+        "family": ValueSet.of_value(8, key.family),
+        "ip_proto": ValueSet.of_value(8, key.proto),
+        "state": ValueSet.of_value(2, STATE_NEW),
+        f"{prefix}_src": ValueSet.of_value(width, key.src),
+        f"{prefix}_dst": ValueSet.of_value(width, key.dst),
+    }
+    if key.proto in PORT_PROTOCOLS:
+        constraints["sport"] = ValueSet.of_value(16, key.sport)
+        constraints["dport"] = ValueSet.of_value(16, key.dport)
+    elif _is_icmp_of(key.family, key.proto):
+        constraints["icmp_type"] = ValueSet.of_value(8, ICMP_ECHO[key.family][0])
+    if key.proto == PROTO_TCP:
+        constraints["tcp_flags"] = ValueSet.of_value(8, start_flags)
+    return cube(space, **constraints)
+
+
+def revokes(policy: Policy, connection: Connection, space: Space = HEADER_SPACE) -> bool:
+    """Whether ``--revoke-established`` removes ``connection`` when ``policy``
+    becomes its hook's policy: ``policy`` drops some packet of its
+    :func:`commit_cube` (see the note above). Exact over that cube: the rules
+    meeting it, up to the first that holds it whole, searched for one packet
+    per rule that the rule decides; a search that gives up counts as a drop."""
+    committing = commit_cube(connection.key, connection.start_flags, space)
+    met: list[tuple[Cube, bool]] = []
+    for rule in policy.rules:
+        part = intersect(committing, rule.match.cube)
+        if part is None or not is_feasible(space, part):
+            continue
+        met.append((part, rule.action.kind == DROP))
+        if all(a.is_subset(b) for a, b in zip(committing.sets, rule.match.cube.sets, strict=True)):
+            break
+    if not any(drops for _, drops in met):
+        return False
+    if met[0][1] and len(met) == 1:
+        return True
+    found = deciding_witnesses([part for part, _ in met], space=space)
+    return any(met[i][1] for _, i in found.witnesses) or any(met[i][1] for i in found.gave_up)

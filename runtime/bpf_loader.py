@@ -18,6 +18,7 @@ from typing import Any
 from backends.bpf import abi as bpf_abi
 from backends.bpf.emit import BPF_DIR, ENTRY_FUNCTION, GRID_MAP, BpfProgram, ShapeChanged, lower
 from backends.bpf.tables import DIR4, GRID_MAX_GROUPS, LPM6, WORD_BITS, dir_levels
+from ir.conntrack import hook_id
 from ir.model import MIRROR, REDIRECT, Policy
 from runtime.kernel_clock import JiffiesClock, kernel_hz
 
@@ -251,6 +252,7 @@ class SlowPath:
             bank=self.epoch,
             ct_fast=0 if fast is None else fast + 1,
             ct_now_ns=self.ct_now_ns,
+            ct_hook=hook_id(self.program.policy.name),
         )
         self.table(bpf_abi.CONFIG_MAP)[ct.c_uint32(0)] = config
 

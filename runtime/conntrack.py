@@ -87,6 +87,8 @@ def connection(key: CtKey, entry: CtEntry) -> Connection:
         created_ns=entry.created_ns,
         last_ns=entry.last_ns,
         packets=(entry.packets_orig, entry.packets_reply),
+        hook_id=entry.hook,
+        start_flags=entry.start_flags,
     )
 
 
@@ -236,9 +238,15 @@ class CtTable:
             replied=int(c.replied),
             tcp=int(c.tcp),
             fin_from=c.fin_from,
+            start_flags=c.start_flags,
+            hook=c.hook_id,
         )
         attr = struct.pack("=IIQQQ", self.fd, 0, ct.addressof(key), ct.addressof(entry), 0)
         bpf_packed(BPF_MAP_UPDATE_ELEM, attr)
+
+    def remove(self, key: ConnKey) -> bool:
+        """Delete the entry stored under original-direction ``key``; False when there was none."""
+        return self._delete(ct_key(key))
 
     def memlock_bytes(self) -> int:
         """The kernel's memory charge for the whole map (fdinfo ``memlock``)."""

@@ -4,21 +4,33 @@ written sequences, and its invariants under hypothesis' stateful testing."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from compiler.packet_syntax import parse_packet
 from ir.conntrack import (
     NS_PER_S,
+    Connection,
+    ConnKey,
     ConnTracker,
     CtConfig,
     CtTimeouts,
     Direction,
     TcpState,
+    hook_id,
     parse_duration,
+    revokes,
 )
-from ir.fields import STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED
+from ir.fields import (
+    HEADER_SPACE,
+    STATE_ESTABLISHED,
+    STATE_INVALID,
+    STATE_NEW,
+    STATE_RELATED,
+    TCP_FLAG_BITS,
+)
+from ir.interp import evaluate
 from ir.model import Action, Hook, Match, Origin, Policy, Rule
 from ir.packet import Packet
 from ir.valueset import ValueSet
@@ -294,6 +306,130 @@ def test_timeout_text() -> None:
             CtTimeouts.parse(bad)
     with pytest.raises(ValueError, match="not a number"):
         parse_duration("1.5h")
+
+
+# ---------------------------------------------------------------- revocation
+def _committed(tracker: ConnTracker, policy: Policy, text: str) -> None:
+    verdict = tracker.step(policy, P(text), 0)
+    assert verdict.committed, text
+
+
+def test_revoke_goes_by_the_hook_the_tuple_and_the_committing_flags() -> None:
+    tracker = ConnTracker(CtConfig(tcp_loose=True))
+    _committed(tracker, ALLOW_ALL, "tcp 10.0.0.1:1000 -> 10.0.0.2:80 flags syn")
+    _committed(tracker, ALLOW_ALL, "tcp 10.0.0.1:1001 -> 10.0.0.2:22 flags syn")
+    _committed(tracker, ALLOW_ALL, "tcp 10.0.0.1:1002 -> 10.0.0.2:22 flags ack")  # loose pick-up
+    other_hook = Policy("q", ALLOW_ALL.hook, ALLOW_ALL.rules, ALLOW_ALL.origin)
+    _committed(tracker, other_hook, "tcp 10.0.0.1:1003 -> 10.0.0.2:22 flags syn")
+    (syn_22,) = [c for c in tracker.connections() if c.key.sport == 1001]
+    assert syn_22.start_flags == TCP_FLAG_BITS["syn"] and syn_22.hook_id == hook_id("p")
+    # Port 22 only with a SYN: the loose pick-up on 22 goes, the SYN on 22
+    # stays, 80 goes, and the other hook's connection is not this policy's.
+    only_syn_22 = _policy(
+        (
+            "allow",
+            Match(
+                (
+                    ("ip_proto", ValueSet.of_value(8, 6)),
+                    ("frag", ValueSet.of_values(2, [0, 1])),
+                    ("dport", ValueSet.of_value(16, 22)),
+                    ("tcp_flags", ValueSet.of_value(8, TCP_FLAG_BITS["syn"])),
+                )
+            ),
+        ),
+    )
+    gone = tracker.revoke(only_syn_22)
+    assert sorted(k.sport for k in gone) == [1000, 1002]
+    assert sorted(c.key.sport for c in tracker.connections()) == [1001, 1003]
+    assert tracker.counters["revoked"] == 2
+
+
+def test_revoke_fails_closed_on_a_field_the_table_does_not_record() -> None:
+    # DSCP is not in the entry: a policy that now drops some DSCP of the same
+    # tuple might have refused the connection, so it goes; one that lets every
+    # DSCP of it through keeps it.
+    tracker = ConnTracker()
+    _committed(tracker, ALLOW_ALL, "udp 10.0.0.1:1000 -> 10.0.0.2:53")
+    dscp_46 = Match((("dscp", ValueSet.of_value(6, 46)),))
+    assert tracker.revoke(_policy(("drop", dscp_46), ("allow", Match()))) != []
+    _committed(tracker, ALLOW_ALL, "udp 10.0.0.1:1000 -> 10.0.0.2:53")
+    assert tracker.revoke(_policy(("allow", dscp_46), ("allow", Match()))) == []
+
+
+DSCPS = (0, 10, 46)
+REVOKE_FIELDS = st.sampled_from(
+    [
+        ("ip4_src", ValueSet.of_prefix(32, 0x0A000000, 31)),
+        ("ip4_src", ValueSet.of_value(32, 0x0A000001)),
+        ("ip_proto", ValueSet.of_value(8, 6)),
+        ("ip_proto", ValueSet.of_value(8, 17)),
+        ("dport", ValueSet.of_range(16, 0, 1)),
+        ("sport", ValueSet.of_value(16, 7)),
+        ("frag", ValueSet.of_value(2, 1)),
+        ("frag", ValueSet.of_values(2, [0, 2])),
+        ("dscp", ValueSet.of_value(6, 10)),
+        ("dscp", ValueSet.of_range(6, 8, 15)),
+        ("tcp_flags", ValueSet.of_value(8, TCP_FLAG_BITS["syn"])),
+        ("state", ValueSet.of_value(2, STATE_NEW)),
+        ("state", ValueSet.of_value(2, STATE_ESTABLISHED)),
+    ]
+)
+
+
+@st.composite
+def revoke_policies(draw: st.DrawFn) -> Policy:
+    rules = []
+    for _ in range(draw(st.integers(0, 5))):
+        picked = dict(draw(st.lists(REVOKE_FIELDS, max_size=3)))
+        if "dport" in picked or "sport" in picked or "tcp_flags" in picked:
+            picked.setdefault("ip_proto", ValueSet.of_value(8, 6))
+            picked["frag"] = ValueSet.of_values(2, [0, 1])
+        if picked:
+            picked["family"] = ValueSet.of_value(8, 4)
+        order = [f.name for f in HEADER_SPACE.fields if f.name in picked]
+        constraints = tuple((name, picked[name]) for name in order)
+        rules.append((draw(st.sampled_from(["allow", "drop"])), Match(constraints)))
+    built = [Rule(i, m, Action(k), Origin("t.fw", i + 2)) for i, (k, m) in enumerate(rules)]
+    default = draw(st.sampled_from(["allow", "drop"]))
+    built.append(Rule(len(built), Match(), Action(default), Origin("t.fw", 99), is_default=True))
+    return Policy("p", Hook("eth0", "ingress"), tuple(built), Origin("t.fw", 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    policy=revoke_policies(),
+    proto=st.sampled_from([6, 17]),
+    src=st.integers(0, 3),
+    sport=st.sampled_from([7, 1000]),
+    dport=st.integers(0, 3),
+    flags=st.sampled_from([TCP_FLAG_BITS["syn"], TCP_FLAG_BITS["ack"]]),
+)
+def test_revokes_exactly_when_some_committing_packet_is_dropped(
+    policy: Policy, proto: int, src: int, sport: int, dport: int, flags: int
+) -> None:
+    """The oracle: every packet the entry cannot tell from the committing one
+    (the fields it does not record take each value any rule tells apart)."""
+    key = ConnKey(4, proto, 0x0A000000 + src, 0x0A000009, sport, dport)
+    connection = Connection(
+        key, False, TcpState.NONE, 0, 1, 0, 0, start_flags=flags if proto == 6 else 0
+    )
+    recorded = {
+        "family": 4,
+        "ip_proto": proto,
+        "ip4_src": key.src,
+        "ip4_dst": key.dst,
+        "sport": sport,
+        "dport": dport,
+        "state": STATE_NEW,
+    }
+    if proto == 6:
+        recorded["tcp_flags"] = flags
+    dropped = any(
+        evaluate(policy, Packet.make(**recorded, frag=frag, dscp=dscp)).action.kind == "drop"
+        for frag in (0, 1)
+        for dscp in DSCPS
+    )
+    assert revokes(policy, connection) == dropped
 
 
 # ---------------------------------------------------------------- invariants

@@ -123,6 +123,17 @@ CASES: list[tuple[str, dict[str, str], str, int, int]] = [
         8,
     ),
     (
+        # FNV-1a gives both names 0x8ade3a42 (ir/conntrack.py hook_id).
+        "hook-id-clash",
+        {
+            "main.fw": "policy p2039599 ingress on a { default drop }\n"
+            + "policy p2222382 ingress on b { default drop }\n"
+        },
+        "hook-id-clash",
+        2,
+        8,
+    ),
+    (
         "missing-default",
         {"main.fw": "policy p ingress on a { allow tcp }\n"},
         "missing-default",

@@ -13,6 +13,7 @@ import pytest
 
 from backends.bpf.emit import ShapeChanged
 from backends.nic_profile import load_profile
+from ir.conntrack import ConnTracker
 from ir.interp import evaluate
 from ir.model import Policy
 from runtime.agent.core import AgentConfig
@@ -129,8 +130,23 @@ def test_run_reloads_when_the_file_changed_and_stops_when_asked() -> None:
     assert hook.loaded[-1].closed and hook.agent.slow_path is None
 
 
-def test_revoke_established_is_refused_before_anything_loads() -> None:
+def test_revoke_established_without_connection_tracking_is_refused_before_anything_loads() -> None:
     hook = Hook(revoke_established=True)
-    with pytest.raises(AgentError, match="revoke_established"):
+    with pytest.raises(AgentError, match="revoke_established needs connection tracking"):
         hook.agent.start()
     assert hook.loaded == []
+
+
+def test_revoke_established_ends_the_connections_an_update_would_not_start() -> None:
+    """The table here is the reference tracker (the agent's seam); the same call
+    on the host's BPF table is tests/kernel/test_agent_conntrack.py's."""
+    hook = Hook(revoke_established=True, stateful=True)
+    table = ConnTracker()
+    hook.agent._open_connection_table = lambda: table  # type: ignore[method-assign]
+    hook.agent.start()
+    for port in (5000, 5001):
+        assert table.step(hook.policy, udp(1, port), 0).committed  # type: ignore[arg-type]
+    hook.policy = compiled(UPDATED)  # now drops udp dport 5001
+    assert hook.agent.reload()
+    assert [c.key.dport for c in table.connections()] == [5000]
+    assert hook.agent.stats["revoked"] == 1

@@ -180,6 +180,8 @@ class Config(ct.Structure):
         ("bank", ct.c_uint32),
         ("ct_fast", ct.c_uint32),
         ("ct_now_ns", ct.c_uint64),
+        ("ct_hook", ct.c_uint32),
+        ("pad0", ct.c_uint32),
     )
 
 
@@ -209,7 +211,8 @@ class CtEntry(ct.Structure):
         ("replied", ct.c_uint8),
         ("tcp", ct.c_uint8),
         ("fin_from", ct.c_uint8),
-        ("pad0", ct.c_uint8 * 5),
+        ("start_flags", ct.c_uint8),
+        ("hook", ct.c_uint32),
     )
 
 

@@ -288,8 +288,8 @@ class Agent(PolicyLoop):
             self.connections = self._open_connection_table()
         if cfg.revoke_established and (self.connections is None or not self.connections.can_revoke):
             raise AgentError(
-                "revoke_established needs a connection table that records the committing "
-                "hook and packet; the BPF table does not (the in-memory tracker does)"
+                "revoke_established needs connection tracking (a stateful host) and a "
+                "connection table that records the committing hook"
             )
         self._guard(True)
         self.cache = FlowCache(

@@ -2,8 +2,10 @@
 
 The slow path's pinned table (:class:`runtime.conntrack.CtTable`) is the one
 source of connection state; the agent reads it to decide what a connection
-rule may carry and writes back only one thing, the idle timer of connections
-the NIC carried (:meth:`HostConnectionTable.refresh`).
+rule may carry and writes back only the idle timer of connections the NIC
+carried (:meth:`HostConnectionTable.refresh`); on a policy update with
+``revoke_established`` it deletes the connections the new policy would not
+let start (:meth:`HostConnectionTable.revoke`).
 
 The write is a read-modify-write of a whole entry the program may update at
 the same moment (bpf(2) has no partial update of a hash value without a
@@ -17,7 +19,15 @@ FIN or RST, whose effect the next packet's observation sees again.
 
 from __future__ import annotations
 
-from ir.conntrack import Connection, ConnKey, CtConfig, Direction, find_connection
+from ir.conntrack import (
+    Connection,
+    ConnKey,
+    CtConfig,
+    Direction,
+    find_connection,
+    hook_id,
+    revokes,
+)
 from ir.model import Policy
 from ir.packet import Packet
 from runtime.conntrack import CtTable
@@ -53,13 +63,25 @@ class HostConnectionTable:
         self.table.put(stored._replace(last_ns=seen_ns, expires_ns=seen_ns + timeout_ns))
         return True
 
-    can_revoke = False
-    """Its entries do not record the hook that committed them or the committing
-    packet, which revoking needs: the agent refuses ``revoke_established`` on it."""
+    can_revoke = True
+    """Entries record the committing hook (its hook_id) and TCP flags, which
+    :func:`ir.conntrack.revokes` goes by, in this table as in the reference."""
 
     def revoke(self, policy: Policy) -> list[ConnKey]:
-        """Revoke nothing (see :attr:`can_revoke`; the agent never calls this)."""
-        return []
+        """``--revoke-established``: delete the connections committed at ``policy``'s
+        hook that ``policy`` would no longer let start. Returns their keys.
+
+        The program may touch an entry between this read and the delete; what it
+        changes (timer, TCP state, replied) is not what revocation judges, so the
+        delete stands. A packet of the connection arriving after it is new again
+        and is decided by ``policy``."""
+        hook = hook_id(policy.name)
+        gone = []
+        for connection in list(self.table.connections()):
+            ours = connection.hook_id == hook
+            if ours and revokes(policy, connection) and self.table.remove(connection.key):
+                gone.append(connection.key)
+        return gone
 
     def __len__(self) -> int:
         return sum(1 for _ in self.table.connections())

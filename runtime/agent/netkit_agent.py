@@ -84,11 +84,8 @@ class NetkitAgent(PolicyLoop):
         """Check the hook, load the program and attach it (adopting flowc's pinned
         link when there is one); ready for :meth:`run`."""
         cfg = self.config
-        if cfg.revoke_established:
-            raise AgentError(
-                "revoke_established needs a connection table that records the committing "
-                "hook and packet; the BPF table does not"
-            )
+        if cfg.revoke_established and not cfg.stateful:
+            raise AgentError("revoke_established needs connection tracking (a stateful host)")
         policy = self.load_policy()
         if self.attach_slow_path:
             # Before the compile: a kernel without netkit, or the wrong kind of
@@ -191,6 +188,8 @@ class NetkitAgent(PolicyLoop):
             swapped = True
         previous, self.generation, self.policy = self.generation, generation, policy
         self.stats["policy_updates"] += 1
+        if self.connections is not None and self.config.revoke_established:
+            self.stats["revoked"] += len(self.connections.revoke(policy))
         log.info(
             "policy updated",
             extra={

@@ -327,7 +327,8 @@ struct flowc_ct_scratch {
 	struct flowc_ct_key key;  /* the packet's tuple; after observe, the commit's */
 	struct flowc_ct_key rkey; /* key reversed: the reply direction */
 	__u8 starts;              /* FLOWC_TCP_* a commit stores, or FLOWC_CT_NO_START */
-	__u8 pad0[7];
+	__u8 start_flags;         /* the TCP flags a commit records (0 for other protocols) */
+	__u8 pad0[6];
 };
 
 /* original-direction tuple -> connection, one table per host */
@@ -727,6 +728,7 @@ static __always_inline __u8 flowc_ct_observe(struct __sk_buff *skb, const struct
 	__u32 dir;
 
 	s->starts = FLOWC_CT_NO_START;
+	s->start_flags = k->ip_proto == IPPROTO_TCP ? k->tcp_flags : 0;
 	if (k->frag == FLOWC_FRAG_LATER)
 		return FLOWC_STATE_NEW; /* no ports: no connection to find */
 	if (flowc_ct_is_icmp(k->family, k->ip_proto))
@@ -742,10 +744,11 @@ static __always_inline __u8 flowc_ct_observe(struct __sk_buff *skb, const struct
 	return flowc_ct_touch(e, dir, now, e->tcp, e->fin_from, k->ip_proto);
 }
 
-/* ConnTracker.commit() after a verdict other than drop: 1 when the packet
- * stored its connection, 0 when it starts none, -1 when the table was full
- * (counted untracked; the caller applies on_full). */
-static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, __u64 now)
+/* ConnTracker.commit() after a verdict other than drop at the hook whose
+ * hook_id() is hook: 1 when the packet stored its connection, 0 when it starts
+ * none, -1 when the table was full (counted untracked; the caller applies
+ * on_full). */
+static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, __u64 now, __u32 hook)
 {
 	struct flowc_ct_entry e = {};
 	int err;
@@ -753,6 +756,8 @@ static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, __u64 now
 	if (s->starts == FLOWC_CT_NO_START)
 		return 0;
 	e.tcp = s->starts;
+	e.start_flags = s->start_flags;
+	e.hook = hook;
 	e.created_ns = now;
 	e.last_ns = now;
 	e.packets_orig = 1;
@@ -910,7 +915,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	/* Step 2: a verdict other than drop commits what a new packet starts; a
 	 * full table leaves it untracked, and on_full drop drops it. */
 	if (action->kind != FLOWC_ACTION_DROP && !(cfg->flags & FLOWC_CONFIG_F_CT_GIVEN)) {
-		int committed = flowc_ct_commit(ct, now);
+		int committed = flowc_ct_commit(ct, now, cfg->ct_hook);
 
 		if (committed)
 			skb->cb[1] |= committed > 0 ? FLOWC_CB_COMMITTED : FLOWC_CB_UNTRACKED;

@@ -17,12 +17,13 @@ import pytest
 from backends.bpf.conntrack import CtSpec
 from backends.bpf.emit import lower
 from backends.nic_profile import load_profile
+from backends.targets import TC_ACT_OK, TC_ACT_SHOT
 from compiler.frontend import compile_source
 from compiler.packet_syntax import parse_packet
-from ir.conntrack import TcpState
+from ir.conntrack import ConnTracker, TcpState, hook_id
+from ir.fields import TCP_FLAG_BITS
 from ir.model import Policy
 from runtime.agent.core import Agent, AgentConfig
-from runtime.agent.loop import AgentError
 from runtime.bpf_loader import SlowPath
 from runtime.conntrack import CtTable
 from runtime.flow_cache import CacheConfig
@@ -153,10 +154,36 @@ def test_a_fin_reaches_the_slow_path_and_the_rule_goes_at_the_next_poll(host: Ho
     assert host.cache_rules() == []
 
 
-def test_revoking_is_refused_on_the_bpf_table() -> None:
+def test_revoke_established_on_the_bpf_table_ends_what_the_reference_ends() -> None:
+    """--revoke-established on the host's real table: the program records the
+    committing hook and TCP flags, and the agent's update deletes exactly the
+    connections the reference tracker revokes for the same packets."""
     made = Host(revoke_established=True)
+    reference = ConnTracker()
     try:
-        with pytest.raises(AgentError, match="revoke_established"):
-            made.agent.start()
+        made.agent.start()
+        syns = [SYN, SYN.replace("10.0.3.7", "10.0.4.7")]
+        for text in syns:
+            assert made.inbound(text) == TC_ACT_OK
+            assert reference.step(made.ingress, parse_packet(text), 0).committed
+        with CtTable(made.pin) as table:
+            stored = sorted(table.connections(), key=lambda c: c.key)
+        recorded = sorted(reference.connections(), key=lambda c: c.key)
+        assert [(c.key, c.hook_id, c.start_flags) for c in stored] == [
+            (c.key, c.hook_id, c.start_flags) for c in recorded
+        ]
+        assert {c.hook_id for c in stored} == {hook_id("up_in")}
+        assert {c.start_flags for c in stored} == {TCP_FLAG_BITS["syn"]}
+        narrowed = compile_source(HOST.replace("tcp to web", "tcp from 10.0.3.0/24 to web"), "h.fw")
+        assert narrowed.program is not None
+        made.ingress = narrowed.program.policy("up_in")
+        assert made.agent.reload()
+        revoked = reference.revoke(made.ingress)
+        assert [k.src for k in revoked] == [0x0A000407]
+        assert made.agent.stats["revoked"] == 1
+        with CtTable(made.pin) as table:
+            assert [c.key for c in table.connections()] == [c.key for c in reference.connections()]
+        # The revoked connection's next packet finds none: invalid, dropped.
+        assert made.inbound(ACK.replace("10.0.3.7", "10.0.4.7")) == TC_ACT_SHOT
     finally:
         made.close()

@@ -28,7 +28,7 @@ from backends.bpf.conntrack import CtSpec
 from backends.bpf.emit import lower
 from compiler.frontend import compile_source
 from compiler.packet_syntax import parse_packet
-from ir.conntrack import NS_PER_S, CtConfig, CtTimeouts
+from ir.conntrack import NS_PER_S, CtConfig, CtTimeouts, hook_id
 from ir.fields import STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED
 from ir.model import DROP
 from ir.packet import Packet, format_packet
@@ -445,6 +445,7 @@ def test_ct_list_and_flush_commands(
         "syn_recv",
         {"original": 1, "reply": 1},
     )
+    assert (tcp["hook_id"], tcp["start_flags"]) == (f"{hook_id('out'):#010x}", 0x02)  # SYN
     assert by_key["icmp 10.0.0.1 -> 10.0.0.2 id 7"]["state"] == "new"
     assert main(["ct", "list", "--pin", host.spec.pin]) == 0
     text = capsys.readouterr().out
