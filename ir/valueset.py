@@ -82,7 +82,9 @@ class ValueSet:
     @staticmethod
     def of_value(width: int, value: int) -> ValueSet:
         """A single value."""
-        return ValueSet(width, ((value, value),))
+        if not 0 <= value < (1 << width):
+            raise ValueError(f"value {value} does not fit in {width} bits")
+        return ValueSet._trusted(width, ((value, value),))
 
     @staticmethod
     def of_values(width: int, values: Iterable[int]) -> ValueSet:

@@ -161,10 +161,23 @@ class CacheEntry:
 _STATE_AT = HEADER_SPACE.position("state")
 _FLAGS_AT = HEADER_SPACE.position("tcp_flags")
 _FRAG_AT = HEADER_SPACE.position("frag")
+_PROTO_AT = HEADER_SPACE.position("ip_proto")
+_SPORT_AT, _DPORT_AT = HEADER_SPACE.position("sport"), HEADER_SPACE.position("dport")
+_FAMILY_AT = HEADER_SPACE.position("family")
+_VLAN_TAGGED_AT, _VLAN_ID_AT = (
+    HEADER_SPACE.position("vlan_tagged"),
+    HEADER_SPACE.position("vlan_id"),
+)
+_WIDTHS = tuple(f.width for f in HEADER_SPACE.fields)
 # A connection rule's exact fields, per family: what identifies the connection.
 _CONNECTION_FIELDS = {
     4: ("family", "ip_proto", "ip4_src", "ip4_dst", "sport", "dport"),
     6: ("family", "ip_proto", "ip6_src", "ip6_dst", "sport", "dport"),
+}
+# The same as positions, with the tagging (one flower match per tagging).
+_CONNECTION_POSITIONS = {
+    family: frozenset({*(HEADER_SPACE.position(n) for n in names), _VLAN_TAGGED_AT})
+    for family, names in _CONNECTION_FIELDS.items()
 }
 # The packets a connection rule must leave to the slow path: those that change
 # a TCP connection's state.
@@ -333,22 +346,18 @@ class FlowCache:
         the connection, is a fragment, or no one rule decides the tuple). ``rule``:
         the rule the slow path decided the packet by (it was established: its
         connection is steady), which saves the first-match look-up when it holds."""
-        space = HEADER_SPACE
         if point[_FLAGS_AT] & _STATE_CHANGING or point[_FRAG_AT] != FRAG_NONE:
             return None
-        if point[space.position("ip_proto")] not in PORT_PROTOCOLS:
+        if point[_PROTO_AT] not in PORT_PROTOCOLS:
             return None  # echo identifiers are no flower key
-        if not point[space.position("sport")] and not point[space.position("dport")]:
+        if not point[_SPORT_AT] and not point[_DPORT_AT]:
             return None  # a fragment's ports read 0 in flower: they would match
         point = (*point[:_STATE_AT], STATE_ESTABLISHED, *point[_STATE_AT + 1 :])
-        family = point[space.position("family")]
-        exact = {space.position(n) for n in _CONNECTION_FIELDS.get(family, ())}
-        if not exact:
+        exact = _CONNECTION_POSITIONS.get(point[_FAMILY_AT])
+        if exact is None:
             return None
         # One flower match per tagging: the packet's own (and its VLAN when tagged).
-        exact.add(space.position("vlan_tagged"))
-        if point[space.position("vlan_tagged")]:
-            exact.add(space.position("vlan_id"))
+        exact = exact | {_VLAN_TAGGED_AT, _VLAN_ID_AT} if point[_VLAN_TAGGED_AT] else exact
         if (
             rule is None
             or not 0 <= rule < len(self.regions.cubes)
@@ -364,7 +373,7 @@ class FlowCache:
             masks = [0] * len(sets)
             masks[_FLAGS_AT] = _STATE_CHANGING
             for i in pinned:
-                sets[i] = ValueSet.of_value(space.fields[i].width, point[i])
+                sets[i] = ValueSet.of_value(_WIDTHS[i], point[i])
                 masks[i] = _FULL_MASKS[i]
             cube = Cube(tuple(sets))
             if decides_whole(self.regions, cube, rule):

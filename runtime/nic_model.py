@@ -93,7 +93,8 @@ class NicModel:
         FlowerInstallError and the others stay installed, as with the kernel."""
         failures = []
         for f in filters:
-            problem = self._refusal(f, replace)
+            signature = f.match.mask_signature()
+            problem = self._refusal(f, replace, signature)
             if problem is not None:
                 self.refusals[problem[0]] += 1
                 failures.append(FilterFailure(f, *problem))
@@ -101,8 +102,8 @@ class NicModel:
             key = _key(f)
             if key in self.slots:
                 self._release(self.slots[key].filter)
-            self.slots[key] = _Slot(dataclasses.replace(f, origin=None))
-            self.mask_refs[f.match.mask_signature()] += 1
+            self.slots[key] = _Slot(f if f.origin is None else dataclasses.replace(f, origin=None))
+            self.mask_refs[signature] += 1
             self.inserts += 1
             self._order = None
         if failures:
@@ -207,7 +208,9 @@ class NicModel:
             del self.mask_refs[signature]
 
     # ---------------------------------------------------------------- limits
-    def _refusal(self, f: FlowerFilter, replace: bool) -> tuple[int, str] | None:
+    def _refusal(
+        self, f: FlowerFilter, replace: bool, signature: tuple[object, ...]
+    ) -> tuple[int, str] | None:
         key = _key(f)
         exists = key in self.slots
         if exists and not replace:
@@ -218,7 +221,6 @@ class NicModel:
                 return errno.EOPNOTSUPP, problem
         if not exists and len(self.slots) >= self.profile.max_rules:
             return errno.ENOSPC, f"table full ({self.profile.max_rules} filters)"
-        signature = f.match.mask_signature()
         if signature not in self.mask_refs and len(self.mask_refs) >= self.profile.max_masks:
             return errno.ENOSPC, f"no free mask ({self.profile.max_masks} masks in use)"
         if not self._inserts.take(self.clock()):

@@ -35,6 +35,7 @@ VLAN_PROTOCOLS = (ETH_P_8021Q, ETH_P_8021AD)
 ETH_FOR_FAMILY = {FAMILY_IPV4: ETH_P_IP, FAMILY_IPV6: ETH_P_IPV6}
 FAMILY_FOR_ETH = {v: k for k, v in ETH_FOR_FAMILY.items()}
 _FULL_SETS = {f.name: f.full for f in HEADER_SPACE.fields}
+_KEY_NAMES = tuple(k.name for k in FLOWER_KEYS)
 """Every field's full set, the start of every filter's cube (built once)."""
 
 
@@ -275,11 +276,7 @@ class FlowerMatch:
 
     def key_items(self) -> list[tuple[str, object]]:
         """``(key name, key)`` for every matched key, in a fixed order."""
-        return [
-            (k.name, getattr(self, k.name))
-            for k in FLOWER_KEYS
-            if getattr(self, k.name) is not None
-        ]
+        return [(name, value) for name in _KEY_NAMES if (value := getattr(self, name)) is not None]
 
     def mask_signature(self) -> tuple[object, ...]:
         """What the device must allocate a mask (hash table, matcher) for: which keys,
