@@ -53,9 +53,10 @@ poll interval.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -233,7 +234,7 @@ class FlowCache:
         self.entries: dict[tuple[int, int], CacheEntry] = {}  # (prio, handle) -> entry
         # Tuple-space index over installed cubes: masks -> {masked point: key}.
         self.by_mask: dict[tuple[int, ...], dict[tuple[int, ...], tuple[int, int]]] = {}
-        self._mask_fields: dict[tuple[int, ...], tuple[tuple[int, int], ...]] = {}
+        self._mask_views: dict[tuple[int, ...], MaskView] = {}
         self.admission: OrderedDict[Point, int] = OrderedDict()
         self.negative: list[tuple[Cube, float]] = []
         self.next_handle = 1
@@ -248,18 +249,19 @@ class FlowCache:
         """The cache rule holding ``point`` (cache rules of one packet's rule may
         overlap; any of them decides it the same way)."""
         for masks, table in self.by_mask.items():
-            key = table.get(_masked(point, self._fields_of(masks)))
+            key = table.get(self._view_of(masks)(point))
             if key is not None:
                 return self.entries[key]
         return None
 
-    def _fields_of(self, masks: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
-        """(field, mask) for the fields a mask signature looks at: a look-up walks
-        every signature, and most of a signature's fields are wildcards."""
-        fields = self._mask_fields.get(masks)
-        if fields is None:
-            fields = self._mask_fields[masks] = tuple((i, m) for i, m in enumerate(masks) if m)
-        return fields
+    def _view_of(self, masks: tuple[int, ...]) -> MaskView:
+        """The bits of a point a mask signature keeps, on the fields it looks at
+        (a look-up walks every signature, and most of a signature's fields are
+        wildcards), remembered per signature."""
+        view = self._mask_views.get(masks)
+        if view is None:
+            view = self._mask_views[masks] = mask_view(masks)
+        return view
 
     @property
     def occupancy(self) -> int:
@@ -545,7 +547,7 @@ class FlowCache:
         key = (entry.filter.prio, entry.filter.handle)
         self.entries[key] = entry
         masks = entry.flow.masks
-        masked = _masked(entry.flow.point, self._fields_of(masks))
+        masked = self._view_of(masks)(entry.flow.point)
         self.by_mask.setdefault(masks, {})[masked] = key
         self.peak_occupancy = max(self.peak_occupancy, len(self.entries))
 
@@ -556,13 +558,13 @@ class FlowCache:
             if entry is None:
                 continue
             masks = entry.flow.masks
-            masked = _masked(entry.flow.point, self._fields_of(masks))
+            masked = self._view_of(masks)(entry.flow.point)
             table = self.by_mask.get(masks, {})
             if table.get(masked) == key:
                 del table[masked]
             if not table:
                 self.by_mask.pop(masks, None)
-                self._mask_fields.pop(masks, None)
+                self._mask_views.pop(masks, None)
             gone.append(entry)
         return gone
 
@@ -766,6 +768,20 @@ def _as_established(c: Cube) -> Cube:
     return Cube(tuple(sets))
 
 
-def _masked(point: Point, fields: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
-    """The bits of ``point`` a mask signature keeps, on the fields it looks at."""
-    return tuple(point[i] & m for i, m in fields)
+MaskView = Callable[[Point], tuple[int, ...]]
+"""A point's values under one mask signature, on the fields it keeps."""
+
+
+def mask_view(masks: Sequence[int]) -> MaskView:
+    """The :data:`MaskView` of ``masks``: ``tuple(point[i] & m for each field i
+    whose mask m is not 0)``, built from C-level pieces (itemgetter, map) since
+    every cache look-up runs it once per installed signature."""
+    positions = [i for i, m in enumerate(masks) if m]
+    values = [masks[i] for i in positions]
+    if not positions:
+        return lambda point: ()
+    if len(positions) == 1:
+        (only,), (mask,) = positions, values
+        return lambda point: (point[only] & mask,)
+    pick = operator.itemgetter(*positions)
+    return lambda point: tuple(map(operator.and_, pick(point), values))

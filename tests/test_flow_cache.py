@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from backends.flower.dissector import MALFORMED_VIEWS
@@ -25,7 +25,7 @@ from compiler.frontend import compile_source
 from ir.interp import evaluate
 from ir.model import Action, Match, Policy
 from ir.packet import Packet
-from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome
+from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome, mask_view
 from runtime.nic_model import NicModel
 from tests.fixtures import FakeClock
 from tests.strategies import make_policy, packets, rules
@@ -410,3 +410,21 @@ def test_an_ethertype_past_the_cache_range_is_an_error() -> None:
     cache.prio_of.update({0x1000 + i: prio for i, prio in enumerate(PLAN.cache)})
     with pytest.raises(PriorityExhausted):
         cache.on_miss(tcp("198.51.100.7", "10.10.1.11", 40000, 8080).values)
+
+
+@settings(max_examples=300, deadline=None)
+@example(fields=[(5, 0), (7, 0)])  # no field kept
+@example(fields=[(5, 0), (7, 3)])  # one
+@given(
+    fields=st.lists(
+        st.tuples(st.integers(0, 2**16 - 1), st.integers(0, 2**16 - 1)), min_size=1, max_size=12
+    )
+)
+def test_mask_view_keeps_the_masked_bits_of_the_fields_a_signature_looks_at(
+    fields: list[tuple[int, int]],
+) -> None:
+    """Against the plain definition (zero, one and many fields kept)."""
+    point = tuple(value for value, _ in fields)
+    masks = tuple(mask for _, mask in fields)
+    want = tuple(point[i] & m for i, m in enumerate(masks) if m)
+    assert mask_view(masks)(point) == want
