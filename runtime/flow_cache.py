@@ -528,7 +528,7 @@ class FlowCache:
             prio=self._prio(match.protocol),
             handle=handle,
             match=match,
-            action=action_for(rule.action),
+            action=self.actions[flow.rule],
             flags=self.flags,
             cookie=Cookie(ROLE_CACHE, self.generation, flow.rule, handle),
             origin=rule.origin,
@@ -629,6 +629,8 @@ class FlowCache:
         self.regions = PolicyRegions(HEADER_SPACE, [r.match.cube for r in policy.rules])
         # Built now, at policy load, rather than by the first miss after it.
         _ = self.regions.columns
+        self.actions = [action_for(r.action) for r in policy.rules]
+        """Per rule, the flower action of its cache rules."""
 
     def update_policy(self, policy: Policy, generation: int) -> tuple[int, int]:
         """Switch to ``policy`` and revalidate every cache rule: delete those whose
@@ -706,7 +708,7 @@ class FlowCache:
                 and rule is not None
                 and all(t is not None for t in ternaries)
                 and 0 <= rule < len(self.policy.rules)
-                and f.action == action_for(self.policy.rules[rule].action)
+                and f.action == self.actions[rule]
                 and all(decides_whole(self.regions, c, rule) for c in f.match.cubes())
             )
             if not sound:
@@ -747,7 +749,7 @@ class FlowCache:
             return False
         if f.cookie is None or f.cookie.rule != flow.rule:
             return False
-        if f.action != action_for(self.policy.rules[flow.rule].action):
+        if f.action != self.actions[flow.rule]:
             return False
         if any(p == f.prio and e != f.match.protocol for e, p in self.prio_of.items()):
             return False
