@@ -56,7 +56,7 @@ def guest_policies() -> dict[str, Policy]:
 
 
 def batch_programs() -> dict[str, BpfProgram]:
-    """The slow paths of :func:`guest_policies`, for the tier's one compile (conftest.batch)."""
+    """The slow paths of :func:`guest_policies`, for the module's one compile (conftest.batch)."""
     return {name: lower_bpf(policy) for name, policy in guest_policies().items()}
 
 
@@ -134,9 +134,7 @@ def settle(read: Any, before: Any) -> Any:
 
 
 @pytest.mark.parametrize("name", ["uplink", "frags"])
-def test_every_row_gets_the_policys_fate(
-    pair: Pair, batch: dict[str, dict[str, SlowPath]], name: str
-) -> None:
+def test_every_row_gets_the_policys_fate(pair: Pair, batch: dict[str, SlowPath], name: str) -> None:
     policy = guest_policies()[name]
     peers = {dev: pair.add_device(dev) for dev in sorted(target_devices(policy))}
     cases: list[FrameCase] = [
@@ -148,7 +146,7 @@ def test_every_row_gets_the_policys_fate(
     by_handle = {f.handle: f for f in program.filters if f.chain == 0}
     observed: list[dict[str, Any]] = []
     problems: list[str] = []
-    slow = refill(batch[__name__][name], pair.ns_b)  # nk-web is B's
+    slow = refill(batch[name], pair.ns_b)  # nk-web is B's
     with inside(pair.ns_b):
         sniff = None
         if "nk-web" in peers:

@@ -178,7 +178,7 @@ TEST_POLICIES = {
 
 def batch_programs() -> dict[str, BpfProgram]:
     """Every program this module's tests load (their policies and every
-    example's), lowered for netkit, for the tier's one compile (conftest.batch);
+    example's), lowered for netkit, for the module's one compile (conftest.batch);
     each test uses its programs once, and :func:`load` refills one in the
     site's namespace before attaching it."""
     wanted = [compiled(text()) for text in TEST_POLICIES.values()]
@@ -189,9 +189,9 @@ def batch_programs() -> dict[str, BpfProgram]:
 
 
 @pytest.fixture
-def programs(batch: dict[str, dict[str, SlowPath]]) -> dict[str, SlowPath]:
-    """This module's programs of the batch, by policy name."""
-    return batch[__name__]
+def programs(batch: dict[str, SlowPath]) -> dict[str, SlowPath]:
+    """This module's programs (conftest.batch), by policy name."""
+    return batch
 
 
 def load(site: Site, slow_path: SlowPath, device: str, direction: str) -> SlowPath:
