@@ -384,6 +384,8 @@ def revoke_policies(draw: st.DrawFn) -> Policy:
         if "dport" in picked or "sport" in picked or "tcp_flags" in picked:
             picked.setdefault("ip_proto", ValueSet.of_value(8, 6))
             picked["frag"] = ValueSet.of_values(2, [0, 1])
+        if "tcp_flags" in picked:
+            picked["ip_proto"] = ValueSet.of_value(8, 6)
         if picked:
             picked["family"] = ValueSet.of_value(8, 4)
         order = [f.name for f in HEADER_SPACE.fields if f.name in picked]
