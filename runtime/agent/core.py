@@ -91,9 +91,10 @@ class AgentConfig:
         events_per_tick: events handled per loop turn before polling again.
         dedup_ns: the slow path reports a flow at most once per this interval.
         revoke_established: on a policy update, remove the connections committed at
-            this hook whose committing packet the new policy drops (and their
-            cache rules); by default they survive, as the kernel's conntrack keeps
-            established connections across an iptables change.
+            this hook that the new policy would not let start
+            (:func:`ir.conntrack.revokes`), and their cache rules; by default
+            they survive, as the kernel's conntrack keeps established
+            connections across an iptables change.
         stateful: the host tracks connections (some policy of it matches on
             state): the agent opens the slow path's connection table after
             loading it, unless one was handed to it.
