@@ -71,7 +71,7 @@ import enum
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -698,12 +698,9 @@ class ConnTracker:
         """``--revoke-established``: remove the connections committed at ``policy``'s
         hook that ``policy`` would no longer let start (:func:`revokes`). Returns
         their keys."""
-        gone = []
-        hook = hook_id(policy.name)
-        for key, connection in list(self._table.items()):
-            if connection.hook_id == hook and revokes(policy, connection):
-                del self._table[key]
-                gone.append(key)
+        gone = [c.key for c in revoked(policy, list(self._table.values()))]
+        for key in gone:
+            del self._table[key]
         self.counters["revoked"] += len(gone)
         return gone
 
@@ -885,3 +882,11 @@ def revokes(policy: Policy, connection: Connection, space: Space = HEADER_SPACE)
         return True
     found = deciding_witnesses([part for part, _ in met], space=space)
     return any(met[i][1] for _, i in found.witnesses) or any(met[i][1] for i in found.gave_up)
+
+
+def revoked(policy: Policy, connections: Iterable[Connection]) -> list[Connection]:
+    """The connections of ``connections`` that ``--revoke-established`` removes
+    when ``policy`` becomes its hook's policy: those committed at that hook
+    (by :func:`hook_id`) that :func:`revokes` says go. Every table's revoke."""
+    hook = hook_id(policy.name)
+    return [c for c in connections if c.hook_id == hook and revokes(policy, c)]

@@ -35,8 +35,9 @@ VLAN_PROTOCOLS = (ETH_P_8021Q, ETH_P_8021AD)
 ETH_FOR_FAMILY = {FAMILY_IPV4: ETH_P_IP, FAMILY_IPV6: ETH_P_IPV6}
 FAMILY_FOR_ETH = {v: k for k, v in ETH_FOR_FAMILY.items()}
 _FULL_SETS = {f.name: f.full for f in HEADER_SPACE.fields}
-_KEY_NAMES = tuple(k.name for k in FLOWER_KEYS)
 """Every field's full set, the start of every filter's cube (built once)."""
+_KEY_NAMES = tuple(k.name for k in FLOWER_KEYS)
+"""Every flower key's name, in FLOWER_KEYS order (key_items walks it per call)."""
 
 
 class FlowerKind(StrEnum):

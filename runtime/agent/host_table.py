@@ -25,8 +25,7 @@ from ir.conntrack import (
     CtConfig,
     Direction,
     find_connection,
-    hook_id,
-    revokes,
+    revoked,
 )
 from ir.model import Policy
 from ir.packet import Packet
@@ -75,13 +74,8 @@ class HostConnectionTable:
         changes (timer, TCP state, replied) is not what revocation judges, so the
         delete stands. A packet of the connection arriving after it is new again
         and is decided by ``policy``."""
-        hook = hook_id(policy.name)
-        gone = []
-        for connection in list(self.table.connections()):
-            ours = connection.hook_id == hook
-            if ours and revokes(policy, connection) and self.table.remove(connection.key):
-                gone.append(connection.key)
-        return gone
+        doomed = revoked(policy, list(self.table.connections()))
+        return [c.key for c in doomed if self.table.remove(c.key)]
 
     def __len__(self) -> int:
         return sum(1 for _ in self.table.connections())
