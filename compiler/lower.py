@@ -16,6 +16,7 @@ This is where the DSL's semantics are decided:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from compiler import ast
 from compiler.diagnostics import Diagnostic, error, note
@@ -39,6 +40,8 @@ from ir.fields import (
     protocols_with,
 )
 from ir.valueset import ValueSet
+
+K = TypeVar("K")  # what a clash check keys policies by
 
 FAMILIES = (FAMILY_IPV4, FAMILY_IPV6)
 
@@ -131,37 +134,41 @@ class Lowerer:
                     continue
                 seen_names[item.name] = item
                 hook = (item.device, item.direction)
-                if hook in seen_hooks:
-                    self.diags.append(
-                        error(
-                            "duplicate-hook",
-                            f"policies {seen_hooks[hook].name!r} and {item.name!r} both attach "
-                            f"to {item.direction} on {item.device}",
-                            item.name_pos,
-                            note("the other policy", seen_hooks[hook].name_pos),
-                        )
-                    )
-                seen_hooks[hook] = item
+                self._clash(
+                    seen_hooks, hook, item, "duplicate-hook",
+                    f"both attach to {item.direction} on {item.device}",
+                )  # fmt: skip
+                # The host's connection table records a 32-bit id of the
+                # committing policy's name (ir/conntrack.py hook_id), which
+                # --revoke-established goes by: two names with one id would let
+                # one policy's update revoke the other's connections.
                 table_id = hook_id(item.name)
-                if table_id in seen_ids:
-                    # The host's connection table records a 32-bit id of the
-                    # committing policy's name (ir/conntrack.py hook_id), which
-                    # --revoke-established goes by: two names with one id would
-                    # let one policy's update revoke the other's connections.
-                    self.diags.append(
-                        error(
-                            "hook-id-clash",
-                            f"policies {seen_ids[table_id].name!r} and {item.name!r} have the "
-                            f"same connection-table id {table_id:#010x}; rename one",
-                            item.name_pos,
-                            note("the other policy", seen_ids[table_id].name_pos),
-                        )
-                    )
-                seen_ids[table_id] = item
+                self._clash(
+                    seen_ids, table_id, item, "hook-id-clash",
+                    f"have the same connection-table id {table_id:#010x}; rename one",
+                )  # fmt: skip
                 policy = self.policy(item, lf.key, lines)
                 if policy is not None:
                     policies.append(policy)
         return model.Program(tuple(policies))
+
+    def _clash(
+        self, seen: dict[K, ast.PolicyDef], key: K, item: ast.PolicyDef, code: str, why: str
+    ) -> None:
+        """Report ``item`` when an earlier policy holds ``key`` in ``seen`` (error
+        ``code``: "policies 'A' and 'B' WHY", with a note at the other one), and
+        record ``item`` as the holder of ``key``."""
+        other = seen.get(key)
+        if other is not None:
+            self.diags.append(
+                error(
+                    code,
+                    f"policies {other.name!r} and {item.name!r} {why}",
+                    item.name_pos,
+                    note("the other policy", other.name_pos),
+                )
+            )
+        seen[key] = item
 
     def policy(self, pdef: ast.PolicyDef, file_key: str, lines: list[str]) -> model.Policy | None:
         """One policy: its rules in order, then its default."""
