@@ -69,8 +69,7 @@ struct flowc_ct_scratch {
 	struct flowc_ct_key key;  /* the packet's tuple; after observe, the commit's */
 	struct flowc_ct_key rkey; /* key reversed: the reply direction */
 	__u8 starts;              /* FLOWC_TCP_* a commit stores, or FLOWC_CT_NO_START */
-	__u8 start_flags;         /* the TCP flags a commit records (0 for other protocols) */
-	__u8 pad0[6];
+	__u8 pad0[7];
 };
 
 /* original-direction tuple -> connection, one table per host */
@@ -470,7 +469,6 @@ static __always_inline __u8 flowc_ct_observe(struct __sk_buff *skb, const struct
 	__u32 dir;
 
 	s->starts = FLOWC_CT_NO_START;
-	s->start_flags = k->ip_proto == IPPROTO_TCP ? k->tcp_flags : 0;
 	if (k->frag == FLOWC_FRAG_LATER)
 		return FLOWC_STATE_NEW; /* no ports: no connection to find */
 	if (flowc_ct_is_icmp(k->family, k->ip_proto))
@@ -486,11 +484,12 @@ static __always_inline __u8 flowc_ct_observe(struct __sk_buff *skb, const struct
 	return flowc_ct_touch(e, dir, now, e->tcp, e->fin_from, k->ip_proto);
 }
 
-/* ConnTracker.commit() after a verdict other than drop at the hook whose
- * hook_id() is hook: 1 when the packet stored its connection, 0 when it starts
- * none, -1 when the table was full (counted untracked; the caller applies
- * on_full). */
-static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, __u64 now, __u32 hook)
+/* ConnTracker.commit() after a verdict other than drop for packet k at the
+ * hook whose hook_id() is hook: 1 when the packet stored its connection, 0 when
+ * it starts none, -1 when the table was full (counted untracked; the caller
+ * applies on_full). */
+static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, const struct flowc_key *k,
+					   __u64 now, __u32 hook)
 {
 	struct flowc_ct_entry e = {};
 	int err;
@@ -498,7 +497,7 @@ static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, __u64 now
 	if (s->starts == FLOWC_CT_NO_START)
 		return 0;
 	e.tcp = s->starts;
-	e.start_flags = s->start_flags;
+	e.start_flags = k->ip_proto == IPPROTO_TCP ? k->tcp_flags : 0;
 	e.hook = hook;
 	e.created_ns = now;
 	e.last_ns = now;

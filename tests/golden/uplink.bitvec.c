@@ -511,7 +511,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	/* Step 2: a verdict other than drop commits what a new packet starts; a
 	 * full table leaves it untracked, and on_full drop drops it. */
 	if (action->kind != FLOWC_ACTION_DROP && !(cfg->flags & FLOWC_CONFIG_F_CT_GIVEN)) {
-		int committed = flowc_ct_commit(ct, now, cfg->ct_hook);
+		int committed = flowc_ct_commit(ct, k, now, cfg->ct_hook);
 
 		if (committed)
 			skb->cb[1] |= committed > 0 ? FLOWC_CB_COMMITTED : FLOWC_CB_UNTRACKED;

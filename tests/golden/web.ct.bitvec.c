@@ -327,8 +327,7 @@ struct flowc_ct_scratch {
 	struct flowc_ct_key key;  /* the packet's tuple; after observe, the commit's */
 	struct flowc_ct_key rkey; /* key reversed: the reply direction */
 	__u8 starts;              /* FLOWC_TCP_* a commit stores, or FLOWC_CT_NO_START */
-	__u8 start_flags;         /* the TCP flags a commit records (0 for other protocols) */
-	__u8 pad0[6];
+	__u8 pad0[7];
 };
 
 /* original-direction tuple -> connection, one table per host */
@@ -728,7 +727,6 @@ static __always_inline __u8 flowc_ct_observe(struct __sk_buff *skb, const struct
 	__u32 dir;
 
 	s->starts = FLOWC_CT_NO_START;
-	s->start_flags = k->ip_proto == IPPROTO_TCP ? k->tcp_flags : 0;
 	if (k->frag == FLOWC_FRAG_LATER)
 		return FLOWC_STATE_NEW; /* no ports: no connection to find */
 	if (flowc_ct_is_icmp(k->family, k->ip_proto))
@@ -744,11 +742,12 @@ static __always_inline __u8 flowc_ct_observe(struct __sk_buff *skb, const struct
 	return flowc_ct_touch(e, dir, now, e->tcp, e->fin_from, k->ip_proto);
 }
 
-/* ConnTracker.commit() after a verdict other than drop at the hook whose
- * hook_id() is hook: 1 when the packet stored its connection, 0 when it starts
- * none, -1 when the table was full (counted untracked; the caller applies
- * on_full). */
-static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, __u64 now, __u32 hook)
+/* ConnTracker.commit() after a verdict other than drop for packet k at the
+ * hook whose hook_id() is hook: 1 when the packet stored its connection, 0 when
+ * it starts none, -1 when the table was full (counted untracked; the caller
+ * applies on_full). */
+static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, const struct flowc_key *k,
+					   __u64 now, __u32 hook)
 {
 	struct flowc_ct_entry e = {};
 	int err;
@@ -756,7 +755,7 @@ static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, __u64 now
 	if (s->starts == FLOWC_CT_NO_START)
 		return 0;
 	e.tcp = s->starts;
-	e.start_flags = s->start_flags;
+	e.start_flags = k->ip_proto == IPPROTO_TCP ? k->tcp_flags : 0;
 	e.hook = hook;
 	e.created_ns = now;
 	e.last_ns = now;
@@ -915,7 +914,7 @@ static __always_inline int flowc_run(struct __sk_buff *skb)
 	/* Step 2: a verdict other than drop commits what a new packet starts; a
 	 * full table leaves it untracked, and on_full drop drops it. */
 	if (action->kind != FLOWC_ACTION_DROP && !(cfg->flags & FLOWC_CONFIG_F_CT_GIVEN)) {
-		int committed = flowc_ct_commit(ct, now, cfg->ct_hook);
+		int committed = flowc_ct_commit(ct, k, now, cfg->ct_hook);
 
 		if (committed)
 			skb->cb[1] |= committed > 0 ? FLOWC_CB_COMMITTED : FLOWC_CB_UNTRACKED;
