@@ -21,6 +21,7 @@ the traffic is a few packets per case, every wait bounded.
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 import subprocess
 import time
@@ -32,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backends.flower import lowering as flower
+from backends.flower.lowering import FlowerProgram
 from backends.flower.rules import CT, ROLE_RULE, classify, ordered
 from compiler.frontend import compile_source
 from ir.conntrack import ConnTracker
@@ -100,6 +102,53 @@ def echo(src: str, dst: str, type_: int, ident: int) -> Packet:
     return Packet(base.values, ident)
 
 
+@contextlib.contextmanager
+def hooks_installed(
+    pair: Pair, programs: dict[str, FlowerProgram]
+) -> Iterator[dict[str, FlowerInstaller]]:
+    """Inside B, ``programs["inb"]`` installed on the ingress of B's veth and
+    ``programs["outb"]`` on its egress; the installers by policy name."""
+    with (
+        inside(pair.ns_b),
+        FlowerInstaller(pair.dev_b, "ingress") as ingress,
+        FlowerInstaller(pair.dev_b, "egress") as egress,
+    ):
+        ingress.install(programs["inb"].filters)
+        egress.install(programs["outb"].filters)
+        yield {"inb": ingress, "outb": egress}
+
+
+def filter_hits(installers: dict[str, FlowerInstaller]) -> dict[str, dict[int, int]]:
+    """Per policy name, each installed filter's packet count by handle."""
+    return {
+        name: {i.filter.handle: i.packets for i in inst.dump()} for name, inst in installers.items()
+    }
+
+
+def check_rule_hits(
+    programs: dict[str, FlowerProgram],
+    got: dict[str, dict[int, int]],
+    want: dict[str, collections.Counter[int]],
+    context: object,
+) -> None:
+    """Every rule filter (not the ct action, not a trap) counted exactly the
+    packets flowc's model picks it for; a default drop at least that many, since
+    it also sees whatever else the kernel sends (ARP goes to chain 0's
+    catch-all, but IGMP and the like would not)."""
+    for name, program in programs.items():
+        for f in program.filters:
+            cookie = f.cookie
+            if f.action.kind == CT or cookie is None or cookie.role != ROLE_RULE:
+                continue
+            assert cookie.rule is not None
+            rule = program.policy.rules[cookie.rule]
+            counted, expected = got[name].get(f.handle, 0), want[name][f.handle]
+            if rule.is_default:
+                assert counted >= expected, (context, name, f.label())
+            else:
+                assert counted == expected, (context, name, f.label(), rule.origin)
+
+
 def _sock(ns: str, kind: int, addr: str, port: int) -> socket.socket:
     with inside(ns):
         s = socket.socket(socket.AF_INET, kind)
@@ -134,13 +183,7 @@ def test_udp_and_echo_states_verdicts_and_counters_are_the_trackers(ct_pair: Pai
         expected_hits[policy.name][verdict.filter.handle] += 1
         return step.action.kind != "drop"
 
-    with (
-        inside(ct_pair.ns_b),
-        FlowerInstaller(ct_pair.dev_b, "ingress") as ingress,
-        FlowerInstaller(ct_pair.dev_b, "egress") as egress,
-    ):
-        ingress.install(programs["inb"].filters)
-        egress.install(programs["outb"].filters)
+    with hooks_installed(ct_pair, programs) as installers:
         # 1. B opens UDP to A:9000 (egress: new, committed); A's reply comes
         #    back established; an unsolicited datagram from A is new and dropped.
         b_sock = _sock(ct_pair.ns_b, socket.SOCK_DGRAM, B, 7000)
@@ -169,33 +212,13 @@ def test_udp_and_echo_states_verdicts_and_counters_are_the_trackers(ct_pair: Pai
         assert got, "the echo reply (established) was dropped"
         assert not ping(ct_pair.ns_b, A, ident=ident + 1)
         assert not expect(outb, echo(B, A, 8, ident + 1), 6)
-        for name, inst in (("inb", ingress), ("outb", egress)):
-            hits = {i.filter.handle: i.packets for i in inst.dump()}
-            program = programs[name]
-            for f in program.filters:
-                want = expected_hits[name][f.handle]
-                cookie = f.cookie
-                if f.action.kind == CT or cookie is None or cookie.role != ROLE_RULE:
-                    continue
-                assert cookie.rule is not None
-                rule = program.policy.rules[cookie.rule]
-                # Default drops also see whatever else the kernel sends (ARP
-                # goes to chain 0's catch-all, but IGMP and the like would not).
-                if rule.is_default:
-                    assert hits.get(f.handle, 0) >= want, (name, f.label())
-                else:
-                    assert hits.get(f.handle, 0) == want, (name, f.label(), rule.origin)
+        check_rule_hits(programs, filter_hits(installers), expected_hits, "written")
 
 
 def test_tcp_replies_pass_only_for_allowed_connections(ct_pair: Pair) -> None:
     inb, outb = policies(ct_pair.dev_b)
-    with (
-        inside(ct_pair.ns_b),
-        FlowerInstaller(ct_pair.dev_b, "ingress") as ingress,
-        FlowerInstaller(ct_pair.dev_b, "egress") as egress,
-    ):
-        ingress.install(flower.lower(inb).filters)
-        egress.install(flower.lower(outb).filters)
+    with hooks_installed(ct_pair, {p.name: flower.lower(p) for p in (inb, outb)}) as installers:
+        ingress = installers["inb"]
         servers = [_sock(ct_pair.ns_b, socket.SOCK_STREAM, B, port) for port in (8080, 8081)]
         for s in servers:
             s.listen(1)
@@ -247,20 +270,7 @@ def test_generated_udp_sequences_get_the_trackers_verdicts_and_counters(ct_pair:
     began = time.monotonic_ns()
     a_socks = [_sock(ct_pair.ns_a, socket.SOCK_DGRAM, A, port) for port in A_PORTS]
     examples = iter(range(1, 10_000))
-    with (
-        inside(ct_pair.ns_b),
-        FlowerInstaller(ct_pair.dev_b, "ingress") as ingress,
-        FlowerInstaller(ct_pair.dev_b, "egress") as egress,
-    ):
-        ingress.install(programs["inb"].filters)
-        egress.install(programs["outb"].filters)
-        installers = {"inb": ingress, "outb": egress}
-
-        def hits() -> dict[str, dict[int, int]]:
-            return {
-                name: {i.filter.handle: i.packets for i in inst.dump()}
-                for name, inst in installers.items()
-            }
+    with hooks_installed(ct_pair, programs) as installers:
 
         @settings(
             max_examples=6,
@@ -273,8 +283,8 @@ def test_generated_udp_sequences_get_the_trackers_verdicts_and_counters(ct_pair:
             offset = 10 * next(examples)
             b_ports = [port + offset for port in B_PORTS]
             b_socks = [_sock(ct_pair.ns_b, socket.SOCK_DGRAM, B, port) for port in b_ports]
-            before = hits()
-            expected: collections.Counter[tuple[str, int]] = collections.Counter()
+            before = filter_hits(installers)
+            expected = {name: collections.Counter[int]() for name in programs}
             delivered_want = set()
             try:
                 for i, (way, a, b) in enumerate(steps):
@@ -291,7 +301,7 @@ def test_generated_udp_sequences_get_the_trackers_verdicts_and_counters(ct_pair:
                         packet.with_field("state", step.state),
                     )
                     assert picked.filter is not None
-                    expected[(policy.name, picked.filter.handle)] += 1
+                    expected[policy.name][picked.filter.handle] += 1
                     if step.action.kind != "drop":
                         delivered_want.add(payload)
                     # The next datagram's state may depend on this one: let the
@@ -311,19 +321,12 @@ def test_generated_udp_sequences_get_the_trackers_verdicts_and_counters(ct_pair:
                 # Datagrams of earlier examples never arrive late: each was
                 # drained after its own wait.
                 assert delivered == delivered_want, (steps, sorted(delivered ^ delivered_want))
-                after = hits()
-                for name, program in programs.items():
-                    for f in program.filters:
-                        cookie = f.cookie
-                        if f.action.kind == CT or cookie is None or cookie.role != ROLE_RULE:
-                            continue
-                        assert cookie.rule is not None
-                        got = after[name].get(f.handle, 0) - before[name].get(f.handle, 0)
-                        want = expected[(name, f.handle)]
-                        if program.policy.rules[cookie.rule].is_default:
-                            assert got >= want, (steps, name, f.label())  # ARP and the like
-                        else:
-                            assert got == want, (steps, name, f.label())
+                after = filter_hits(installers)
+                delta = {
+                    name: {h: n - before[name].get(h, 0) for h, n in counts.items()}
+                    for name, counts in after.items()
+                }
+                check_rule_hits(programs, delta, expected, steps)
             finally:
                 for s in b_socks:
                     s.close()
