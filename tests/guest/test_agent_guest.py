@@ -107,9 +107,10 @@ def test_agent_end_to_end(
             pair, "allow udp dport 5000").packets.get("cache", 0) >= 5)  # fmt: skip
         assert rule_status(pair, "allow udp dport 5000").packets["slow"] == 1
         # 3. idle eviction (max idle: helpers.max_idle(), 10 s on an unloaded guest)
-        wait_for("idle eviction", lambda: not cache_rules(
-            pair, "allow udp dport 5000", status(pair)), timeout=30)  # fmt: skip
-        assert status(pair).evictions["idle"] >= 1
+        # The metrics are the poll's snapshot, published after its deletes: wait for
+        # the count, and the rule must be gone from the device by then.
+        wait_for("idle eviction", lambda: status(pair).evictions.get("idle", 0) >= 1, timeout=30)
+        assert not cache_rules(pair, "allow udp dport 5000", status(pair))
         # 4. a policy update revalidates: 5001's rule changes verdict, 5000's does not
         send_udp(pair, 5000)
         send_udp(pair, 5001)
