@@ -69,6 +69,7 @@ from backends.flower.rules import (
     Cookie,
     FlowerFilter,
     FlowerMatch,
+    InstallFlags,
     Masked,
     action_for,
 )
@@ -229,7 +230,7 @@ class FlowCache:
         self.clock = clock
         self.shapes = MODES[config.mode]
         self.capacity = config.capacity or profile.max_rules
-        self.flags = config.flags or profile.install_flags
+        self.flags = InstallFlags(config.flags or profile.install_flags)
         self.stats = Counters()  # what the agent exports as metrics
         self.entries: dict[tuple[int, int], CacheEntry] = {}  # (prio, handle) -> entry
         # Tuple-space index over installed cubes: masks -> {masked point: key}.

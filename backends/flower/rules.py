@@ -11,6 +11,7 @@ reference the unit tests and the equivalence checker hold the lowering to.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ _FULL_SETS = {f.name: f.full for f in HEADER_SPACE.fields}
 """Every field's full set, the start of every filter's cube (built once)."""
 _KEY_NAMES = tuple(k.name for k in FLOWER_KEYS)
 """Every flower key's name, in FLOWER_KEYS order (key_items walks it per call)."""
+_KEY_VALUES = operator.attrgetter(*_KEY_NAMES)
+"""A match's value of every key in _KEY_NAMES order, in one C call (key_items
+runs per cache rule installed)."""
 
 
 class FlowerKind(StrEnum):
@@ -277,7 +281,7 @@ class FlowerMatch:
 
     def key_items(self) -> list[tuple[str, object]]:
         """``(key name, key)`` for every matched key, in a fixed order."""
-        return [(name, value) for name in _KEY_NAMES if (value := getattr(self, name)) is not None]
+        return [(n, v) for n, v in zip(_KEY_NAMES, _KEY_VALUES(self), strict=True) if v is not None]
 
     def mask_signature(self) -> tuple[object, ...]:
         """What the device must allocate a mask (hash table, matcher) for: which keys,
@@ -608,6 +612,8 @@ class FlowerFilter:
     def __post_init__(self) -> None:
         if not 1 <= self.prio <= 0xFFFF:
             raise ValueError(f"prio {self.prio} outside 1..65535")
+        if type(self.flags) is InstallFlags:
+            return  # the agent builds one per cache rule: the enum call was a tenth of it
         try:
             object.__setattr__(self, "flags", InstallFlags(self.flags))
         except ValueError:
