@@ -41,6 +41,7 @@ from compiler.frontend import compile_file
 from ir.model import Policy
 from ir.state_analysis import uses_state
 from runtime.agent.core import Agent, AgentConfig, structured
+from runtime.agent.counters import CT_EXPIRIES, CT_STATES
 from runtime.agent.loop import AgentError
 from runtime.agent.metrics import read_status, serve
 from runtime.agent.netkit_agent import NetkitAgent
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         queue_size=args.queue_size,
         revoke_established=args.revoke_established,
+        ct_gc_interval=args.ct_gc_interval,
         stateful=_tracks_connections(args.policy),
     )
     agent: Agent | NetkitAgent = (
@@ -224,6 +226,7 @@ def run_status(args: argparse.Namespace) -> int:
                 {
                     "agent": status.agent,
                     "evictions": status.evictions,
+                    "connections": status.connections,
                     "rules": [
                         {
                             "rule": r.rule,
@@ -257,6 +260,17 @@ def run_status(args: argparse.Namespace) -> int:
         "evictions "
         + ", ".join(f"{reason} {count:.0f}" for reason, count in sorted(status.evictions.items()))
     )
+    c = status.connections
+    if a.get("ct_entries") or c.get("commits"):
+        print(
+            f"connections {a.get('ct_entries', 0):.0f} in the table "
+            f"({a.get('ct_cached', 0):.0f} cached), commits {c.get('commits', 0):.0f} "
+            f"({a.get('ct_commits_per_second', 0):.0f}/s), untracked {c.get('untracked', 0):.0f}; "
+            "packets "
+            + ", ".join(f"{s} {c.get(f'packets_{s}', 0):.0f}" for s in CT_STATES.values())
+            + "; expiries "
+            + ", ".join(f"{r} {c.get(f'expiries_{r}', 0):.0f}" for r in CT_EXPIRIES.values())
+        )
     now = time.time()
     print(f"{'line':24} {'slow':>10} {'cache':>10} {'flower':>10} {'last hit':>10}  rule")
     shown = rules if args.all else [r for r in rules if r.total_packets][: args.top]
@@ -302,6 +316,12 @@ def add_parser(sub: Subparsers) -> None:
         action="store_true",
         help="on a policy update, end connections the new policy would not let start "
         "(default: they survive, as with the kernel's conntrack)",
+    )
+    p.add_argument(
+        "--ct-gc-interval",
+        type=float,
+        default=5.0,
+        help="seconds between the connection collector's passes (stateful hosts; default 5)",
     )
     p.add_argument("--mode", choices=["megaflow", "exact"], default="megaflow")
     p.add_argument("--max-idle", type=float, default=30.0, help="seconds (default 30)")

@@ -219,6 +219,11 @@ class CtTable:
             if entry is not None:
                 yield connection(key, entry)
 
+    def count(self) -> int:
+        """Entries stored (expired ones included until removed): the key walk
+        alone, no entry read."""
+        return len(self._keys())
+
     def get(self, key: ConnKey) -> Connection | None:
         """The entry stored under original-direction ``key``, if any."""
         raw = ct_key(key)

@@ -9,6 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from runtime.agent.core import RuleCounters, Snapshot
 from runtime.agent.counters import (
     COUNTERS,
+    CT_COUNTERS,
+    CT_EXPIRIES,
+    CT_STATES,
     EVICTION_REASONS,
     GAUGES,
     TIERS,
@@ -68,7 +71,12 @@ def test_no_snapshot_yet_is_empty() -> None:
 def declared_names() -> set[str]:
     """Every sample name the declaration table promises (the oracle)."""
     names = {f"flowc_agent_{c}_total" for c in COUNTERS} | {f"flowc_agent_{g}" for g in GAUGES}
-    return names | {"flowc_agent_evictions_total"}
+    names |= {f"flowc_{c}_total" for c in CT_COUNTERS}
+    return names | {
+        "flowc_agent_evictions_total",
+        "flowc_ct_packets_total",
+        "flowc_ct_expiries_total",
+    }
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -87,6 +95,10 @@ def test_every_declared_metric_is_exported_at_zero_before_anything_counts() -> N
         assert all(value == 0 for value in found.values())
         reasons = {dict(labels)["reason"] for name, labels in found if "evictions" in name}
         assert reasons == set(EVICTION_REASONS.values())
+        states = {dict(labels)["state"] for name, labels in found if "ct_packets" in name}
+        assert states == set(CT_STATES.values())
+        ends = {dict(labels)["reason"] for name, labels in found if "ct_expiries" in name}
+        assert ends == set(CT_EXPIRIES.values())
 
 
 def test_a_rule_lists_every_tier_at_zero() -> None:
@@ -109,3 +121,24 @@ def test_an_undeclared_name_cannot_become_a_metric() -> None:
         counters["instals"] += 1
     with pytest.raises(UndeclaredMetric):
         counters.update({"evictions_idel": 1})
+
+
+def test_connection_counters_read_back_by_state_and_reason() -> None:
+    stats = {"ct_commits": 9, "ct_untracked": 2, "ct_established": 40, "ct_new": 11}
+    stats |= {"ct_expired": 3, "ct_collected": 5, "revoked": 1}
+    snap = Snapshot(0.0, 1, stats, {"ct_entries": 4.0, "ct_commits_per_second": 2.5}, ())
+    status = parse_status(render(snap))
+    assert status.connections == {
+        "commits": 9,
+        "untracked": 2,
+        "packets_new": 11,
+        "packets_established": 40,
+        "packets_related": 0,
+        "packets_invalid": 0,
+        "expiries_timeout": 3,
+        "expiries_collected": 5,
+        "expiries_reopened": 0,
+        "expiries_revoked": 1,
+    }
+    assert status.agent["ct_entries"] == 4 and status.agent["ct_commits_per_second"] == 2.5
+    assert status.agent["revoked"] == 1  # the agent's own counter too

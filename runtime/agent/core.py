@@ -58,6 +58,7 @@ from ir.model import Policy
 from ir.packet import Point, point_problems
 from runtime import bpf_loader, tc_attach
 from runtime.agent.counters import TIERS, Counters, check_counters, check_gauges
+from runtime.agent.ct_watch import ConnectionWatch
 from runtime.agent.host_table import HostConnectionTable
 from runtime.agent.loop import AgentError, PolicyLoop
 from runtime.agent.priorities import PLAN, PriorityExhausted
@@ -98,6 +99,9 @@ class AgentConfig:
         stateful: the host tracks connections (some policy of it matches on
             state): the agent opens the slow path's connection table after
             loading it, unless one was handed to it.
+        ct_gc_interval: seconds between the connection collector's passes on a
+            stateful host (runtime/agent/ct_watch.py; also at once when the
+            table refused commits).
     """
 
     device: str
@@ -113,6 +117,7 @@ class AgentConfig:
     dedup_ns: int = 1_000_000_000
     revoke_established: bool = False
     stateful: bool = False
+    ct_gc_interval: float = 5.0
 
 
 class EventQueue:
@@ -266,6 +271,7 @@ class Agent(PolicyLoop):
         self.snapshot: Snapshot | None = None
         self.retired: dict[int, tuple[int, int]] = {}  # rule -> cache counts of deleted rules
         self.install_latency: list[float] = []  # seconds, event timestamp -> rule installed
+        self.ct_watch: ConnectionWatch | None = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> None:
@@ -292,6 +298,8 @@ class Agent(PolicyLoop):
                 "revoke_established needs connection tracking (a stateful host) and a "
                 "connection table that records the committing hook"
             )
+        if self.connections is not None:
+            self.ct_watch = ConnectionWatch(self.connections, cfg.ct_gc_interval, self.clock())
         self._guard(True)
         self.cache = FlowCache(
             policy,
@@ -463,14 +471,18 @@ class Agent(PolicyLoop):
         return len(events)
 
     def poll(self) -> None:
-        """Read the device's counters once: evict idle and surplus cache rules and
-        refresh the metrics snapshot."""
+        """Read the device's counters once: collect expired connections (stateful
+        hosts), evict idle and surplus cache rules and refresh the metrics snapshot."""
         assert self.installer is not None and self.cache is not None
+        assert self.slow_path is not None
         try:
             installed = self.installer.dump(chain=0)
         except FlowerInstallError as exc:
             log.warning("dump failed", extra={"fields": {"error": str(exc)}})
             return
+        if self.ct_watch is not None:
+            # First the collector: a connection it removed takes its cache rule along.
+            self.ct_watch.poll(self.clock(), self.slow_path.status())
         before = self._cache_counts()
         evicted = self.cache.expire(installed)
         self._retire(before)
@@ -587,6 +599,8 @@ class Agent(PolicyLoop):
         status = self.slow_path.status()
         stats["slow_path_events_lost"] = status["events_lost"]
         stats["slow_path_events_sent"] = status["events_sent"]
+        if self.ct_watch is not None:
+            self.ct_watch.count_into(stats, status)
         latency = sorted(self.install_latency)
         gauges = {
             "occupancy": float(self.cache.occupancy),
@@ -599,6 +613,7 @@ class Agent(PolicyLoop):
             "install_latency_p50_seconds": latency[len(latency) // 2] if latency else 0.0,
             "ct_entries": float(len(self.connections)) if self.connections is not None else 0.0,
             "ct_cached": float(self.cache.cached_connections()),
+            "ct_commits_per_second": self.ct_watch.commit_rate if self.ct_watch else 0.0,
         }
         rules = tuple(
             (index, str(rule.origin), rule.origin.text, counters)

@@ -48,6 +48,36 @@ EVICTION_REASONS: dict[str, str] = {
 }
 """Counter name -> ``reason`` label of ``flowc_agent_evictions_total``."""
 
+CT_COUNTERS: dict[str, str] = {
+    "ct_commits": "Connections the slow path at this hook committed",
+    "ct_untracked": "Commits at this hook a full connection table refused "
+    "(the packet was still decided by the policy)",
+}
+"""Counter name -> help text (exported as ``flowc_ct_<name without ct_>_total``;
+the slow path's own counts, so they start again from 0 when a policy update
+loads a new program)."""
+
+CT_STATES: dict[str, str] = {
+    "ct_new": "new",
+    "ct_established": "established",
+    "ct_related": "related",
+    "ct_invalid": "invalid",
+}
+"""Counter name -> ``state`` label of ``flowc_ct_packets_total``: the packets the
+slow path at this hook saw in each state (a cached connection's packets are the
+NIC's, counted per rule in the ``cache`` tier)."""
+
+CT_EXPIRIES: dict[str, str] = {
+    "ct_expired": "timeout",
+    "ct_collected": "collected",
+    "ct_closed": "reopened",
+    "revoked": "revoked",
+}
+"""Counter name -> ``reason`` label of ``flowc_ct_expiries_total``: entries a packet
+found past their timeout (the program removes them), entries past their timeout
+the agent's collector removed, closed connections a new SYN on the same ports
+replaced, and connections a policy update revoked (``--revoke-established``)."""
+
 GAUGES: dict[str, str] = {
     "occupancy": "Cache rules installed now",
     "peak_occupancy": "Most cache rules installed at once",
@@ -59,13 +89,16 @@ GAUGES: dict[str, str] = {
     "install_latency_p50_seconds": "Median time from miss event to installed rule",
     "ct_entries": "Connections in the host's connection table (stateful hosts)",
     "ct_cached": "Connections a cache rule carries",
+    "ct_commits_per_second": "Commits at this hook per second over the last poll interval",
 }
 """Gauge name -> help text (exported as ``flowc_agent_<name>``)."""
 
 TIERS = ("slow", "cache", "flower")
 """Where a rule's packets were decided: the ``tier`` label of the rule metrics."""
 
-DECLARED_COUNTERS = frozenset(COUNTERS) | frozenset(EVICTION_REASONS)
+DECLARED_COUNTERS = frozenset(
+    [*COUNTERS, *EVICTION_REASONS, *CT_COUNTERS, *CT_STATES, *CT_EXPIRIES]
+)
 
 
 class UndeclaredMetric(KeyError):

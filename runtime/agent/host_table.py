@@ -77,8 +77,13 @@ class HostConnectionTable:
         doomed = revoked(policy, list(self.table.connections()))
         return [c.key for c in doomed if self.table.remove(c.key)]
 
+    def gc(self, now_ns: int) -> int:
+        """The collector: remove every entry expired at ``now_ns`` (an entry a
+        packet refreshed meanwhile is read again and kept: CtTable.gc)."""
+        return self.table.gc(now_ns)
+
     def __len__(self) -> int:
-        return sum(1 for _ in self.table.connections())
+        return self.table.count()
 
 
 def _owned(c: Connection) -> tuple[object, ...]:

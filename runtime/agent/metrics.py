@@ -11,6 +11,9 @@ Names (all prefixed ``flowc_``):
   :data:`runtime.agent.counters.COUNTERS`, at 0 before it is first counted);
 * ``agent_<gauge>``: occupancy, capacity, distinct masks, queue depth, generation, ...
   (every name of :data:`runtime.agent.counters.GAUGES`);
+* ``ct_commits_total``, ``ct_untracked_total``, ``ct_packets_total`` (``state``
+  label) and ``ct_expiries_total`` (``reason`` label): the connection table's,
+  from the slow path's counters and the agent's collector;
 * ``rule_packets_total`` / ``rule_bytes_total`` with ``rule``, ``line`` and
   ``tier`` (slow, cache, flower) labels, ``rule_last_hit_timestamp_seconds``,
   and ``rule_info`` carrying each rule's DSL text.
@@ -29,7 +32,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from runtime.agent.core import Snapshot
-from runtime.agent.counters import COUNTERS, EVICTION_REASONS, GAUGES, TIERS
+from runtime.agent.counters import (
+    COUNTERS,
+    CT_COUNTERS,
+    CT_EXPIRIES,
+    CT_STATES,
+    EVICTION_REASONS,
+    GAUGES,
+    TIERS,
+)
 
 PREFIX = "flowc"
 
@@ -52,6 +63,7 @@ class SnapshotCollector(Collector):
         for name, reason in EVICTION_REASONS.items():
             evictions.add_metric([reason], stats.get(name, 0))
         yield evictions
+        yield from _connection_families(stats)
         for name in sorted(COUNTERS):
             yield CounterMetricFamily(
                 f"{PREFIX}_agent_{name}", COUNTERS[name], value=stats.get(name, 0)
@@ -84,6 +96,27 @@ class SnapshotCollector(Collector):
             if counters.last_hit is not None:
                 last.add_metric([str(index), origin], counters.last_hit)
         yield from (info, packets, nbytes, last)
+
+
+def _connection_families(stats: dict[str, int]) -> Iterator[Metric]:
+    """``flowc_ct_*``: the slow path's connection counters and the collector's
+    (0 on a host that does not track connections)."""
+    for name in sorted(CT_COUNTERS):
+        yield CounterMetricFamily(f"{PREFIX}_{name}", CT_COUNTERS[name], value=stats.get(name, 0))
+    packets = CounterMetricFamily(
+        f"{PREFIX}_ct_packets",
+        "Packets the slow path at this hook saw, by connection state",
+        labels=["state"],
+    )
+    for name, state in CT_STATES.items():
+        packets.add_metric([state], stats.get(name, 0))
+    yield packets
+    expiries = CounterMetricFamily(
+        f"{PREFIX}_ct_expiries", "Connection-table entries removed, by reason", labels=["reason"]
+    )
+    for name, reason in CT_EXPIRIES.items():
+        expiries.add_metric([reason], stats.get(name, 0))
+    yield expiries
 
 
 def serve(current: Callable[[], Snapshot | None], address: str) -> tuple[str, int]:
@@ -120,6 +153,8 @@ class Status:
 
     agent: dict[str, float] = field(default_factory=dict)
     evictions: dict[str, float] = field(default_factory=dict)
+    connections: dict[str, float] = field(default_factory=dict)
+    """``commits``, ``untracked``, ``packets_<state>`` and ``expiries_<reason>``."""
     rules: dict[int, RuleStatus] = field(default_factory=dict)
 
 
@@ -139,6 +174,13 @@ def parse_status(text: str) -> Status:
                 continue
             if name == f"{PREFIX}_agent_evictions_total":
                 status.evictions[labels["reason"]] = value
+            elif name == f"{PREFIX}_ct_packets_total":
+                status.connections[f"packets_{labels['state']}"] = value
+            elif name == f"{PREFIX}_ct_expiries_total":
+                status.connections[f"expiries_{labels['reason']}"] = value
+            elif name.startswith(f"{PREFIX}_ct_"):
+                key = name[len(f"{PREFIX}_ct_") :]
+                status.connections[key.removesuffix("_total")] = value
             elif name.startswith(agent_prefix):
                 key = name[len(agent_prefix) :]
                 status.agent[key.removesuffix("_total")] = value

@@ -40,6 +40,7 @@ from ir.model import Policy
 from runtime import bpf_loader, netkit, tc_attach
 from runtime.agent.core import AgentConfig, Snapshot, slow_path_counters
 from runtime.agent.counters import Counters
+from runtime.agent.ct_watch import ConnectionWatch
 from runtime.agent.host_table import HostConnectionTable
 from runtime.agent.loop import AgentError, PolicyLoop
 from runtime.agent.seams import ConnectionTable, SlowPath, SlowPathFactory
@@ -75,6 +76,7 @@ class NetkitAgent(PolicyLoop):
         self.attach_slow_path = attach
         self.slow_path: SlowPath | None = None
         self.connections: ConnectionTable | None = None
+        self.ct_watch: ConnectionWatch | None = None
         self.adopted: LinkInfo | None = None
         """The link a previous run left on this hook, as found at start (None: a new one)."""
         self.snapshot: Snapshot | None = None
@@ -104,6 +106,7 @@ class NetkitAgent(PolicyLoop):
         self._attach(self.slow_path)
         if cfg.stateful:
             self.connections = self._open_connection_table()
+            self.ct_watch = ConnectionWatch(self.connections, cfg.ct_gc_interval, self.clock())
         log.info(
             "started",
             extra={
@@ -162,7 +165,11 @@ class NetkitAgent(PolicyLoop):
         time.sleep(min(0.05, self.poll_interval))
 
     def poll(self) -> None:
-        """Refresh the metrics snapshot from the program's counters."""
+        """Collect expired connections (stateful hosts) and refresh the metrics
+        snapshot from the program's counters."""
+        if self.ct_watch is not None:
+            assert self.slow_path is not None
+            self.ct_watch.poll(self.clock(), self.slow_path.status())
         self._take_snapshot()
 
     # ----------------------------------------------------------------- update
@@ -220,9 +227,12 @@ class NetkitAgent(PolicyLoop):
         status = self.slow_path.status()
         stats["slow_path_events_lost"] = status["events_lost"]
         stats["slow_path_events_sent"] = status["events_sent"]
+        if self.ct_watch is not None:
+            self.ct_watch.count_into(stats, status)
         gauges = {
             "generation": float(self.generation),
             "ct_entries": float(len(self.connections)) if self.connections is not None else 0.0,
+            "ct_commits_per_second": self.ct_watch.commit_rate if self.ct_watch else 0.0,
         }
         counters = slow_path_counters(len(self.policy.rules), self.slow_path)
         rules = tuple(

@@ -99,6 +99,9 @@ class ConnectionTable(Protocol):
         """Remove the connections committed at ``policy``'s hook that ``policy``
         would no longer let start; their keys."""
 
+    def gc(self, now_ns: int) -> int:
+        """Remove every entry expired at ``now_ns``; how many went."""
+
     def __len__(self) -> int:
         """Entries stored."""
 

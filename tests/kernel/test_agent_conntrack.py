@@ -187,3 +187,35 @@ def test_revoke_established_on_the_bpf_table_ends_what_the_reference_ends() -> N
         assert made.inbound(ACK.replace("10.0.3.7", "10.0.4.7")) == TC_ACT_SHOT
     finally:
         made.close()
+
+
+def test_the_agents_collector_removes_the_expired_entries_no_packet_came_back_for() -> None:
+    """The program removes an expired entry only when a packet of it returns; the
+    agent's poll collects the rest from the real table (a half-open connection
+    past its SYN_SENT timeout goes, an established one stays), and the snapshot
+    carries the program's counters and the collector's."""
+    made = Host(ct_gc_interval=5.0)
+    skew = [0.0]  # the agent's clock runs ahead of the kernel's by this much
+    made.agent.clock = lambda: time.monotonic() + skew[0]
+    try:
+        made.agent.start()
+        made.inbound(SYN)
+        made.outbound(SYNACK)
+        made.inbound(ACK)  # established, and cached
+        made.inbound("tcp 10.0.3.8:40001 -> 10.0.1.10:443 flags syn")  # half-open
+        made.agent.poll()
+        with CtTable(made.pin) as table:
+            assert table.count() == 2  # not due yet: nothing collected
+            snap = made.agent.snapshot
+            assert snap is not None
+            assert snap.stats["ct_commits"] == 2 and snap.stats["ct_collected"] == 0
+            assert snap.stats["ct_new"] == 2 and snap.stats["ct_established"] == 1
+            skew[0] = 121.0  # past tcp_syn_sent (120 s), far inside established's
+            made.agent.poll()
+            (left,) = list(table.connections())
+        assert left.key.sport == 40000 and left.tcp == TcpState.ESTABLISHED
+        snap = made.agent.snapshot
+        assert snap is not None and snap.stats["ct_collected"] == 1
+        assert snap.gauges["ct_entries"] == 1
+    finally:
+        made.close()
