@@ -203,6 +203,18 @@ _FULL_MASKS = tuple((1 << f.width) - 1 for f in HEADER_SPACE.fields)
 _ALL_BUT_FLAGS_AND_STATE = frozenset(range(len(HEADER_SPACE.fields))) - {_FLAGS_AT, _STATE_AT}
 
 
+def _connection_cacheable(point: Point) -> bool:
+    """Whether a connection rule could ever carry ``point``, by the packet alone:
+    not a packet that changes the connection (SYN/FIN/RST), not a fragment, a
+    protocol with ports, and ports that are not both 0."""
+    if point[_FLAGS_AT] & _STATE_CHANGING or point[_FRAG_AT] != FRAG_NONE:
+        return False
+    if point[_PROTO_AT] not in PORT_PROTOCOLS:
+        return False  # echo identifiers are no flower key
+    # A fragment's ports read 0 in flower: a rule on them would match fragments.
+    return bool(point[_SPORT_AT] or point[_DPORT_AT])
+
+
 class FlowCache:
     """Megaflow (or exact 5-tuple) cache rules on a flower table."""
 
@@ -332,6 +344,10 @@ class FlowCache:
         assert self.connections is not None
         if any(c.contains(point) and now < until for c, until in self.negative):
             return self._count(MissOutcome.NEGATIVE)
+        if not _connection_cacheable(point):
+            # Before the table look-up (a bpf(2) call on a host): the SYN of every
+            # connection reaches the agent, and none is ever cached.
+            return self._count(MissOutcome.UNEXPRESSIBLE)
         found = self.connections.find(Packet.unchecked(point), int(now * NS_PER_S))
         if found is None or not found[0].steady:
             return self._count(MissOutcome.UNTRACKED)
@@ -349,12 +365,8 @@ class FlowCache:
         the connection, is a fragment, or no one rule decides the tuple). ``rule``:
         the rule the slow path decided the packet by (it was established: its
         connection is steady), which saves the first-match look-up when it holds."""
-        if point[_FLAGS_AT] & _STATE_CHANGING or point[_FRAG_AT] != FRAG_NONE:
+        if not _connection_cacheable(point):
             return None
-        if point[_PROTO_AT] not in PORT_PROTOCOLS:
-            return None  # echo identifiers are no flower key
-        if not point[_SPORT_AT] and not point[_DPORT_AT]:
-            return None  # a fragment's ports read 0 in flower: they would match
         point = (*point[:_STATE_AT], STATE_ESTABLISHED, *point[_STATE_AT + 1 :])
         exact = _CONNECTION_POSITIONS.get(point[_FAMILY_AT])
         if exact is None:

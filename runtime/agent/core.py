@@ -358,7 +358,9 @@ class Agent(PolicyLoop):
         if cfg.cache.capacity is not None:
             return cfg.cache.capacity
         table = cfg.profile.max_rules - 2  # the catch-all and the guard
-        return max(1, table // 2 if cfg.proactive else table)
+        # Half for the proactive filters, unless the host tracks connections (then none).
+        proactive = cfg.proactive and self.connections is None
+        return max(1, table // 2 if proactive else table)
 
     def _load_slow_path(self, policy: Policy) -> SlowPath:
         return self.make_slow_path(policy, self.generation)

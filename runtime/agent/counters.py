@@ -33,7 +33,8 @@ COUNTERS: dict[str, str] = {
     "event_duplicates": "Miss events merged with a queued one of the same flow",
     "slow_path_events_lost": "Miss events the slow path could not write to the ring",
     "slow_path_events_sent": "Miss events the slow path wrote to the ring",
-    "untracked": "Misses of packets of no steady connection (stateful hosts cache no others)",
+    "untracked": "Misses of packets of no steady connection (stateful hosts cache no others; "
+    "a SYN, FIN, RST or fragment counts as unexpressible)",
     "ct_refreshes": "Connection-table entries whose idle timer a cache rule's use extended",
     "revoked": "Connections removed by --revoke-established on a policy update",
 }
