@@ -51,7 +51,7 @@ from ir.algebra import Cube, intersect, is_feasible, subtract
 from ir.analysis import OverlapIndex
 from ir.equivalence import Entry, FirstMatch, compare
 from ir.fields import Space
-from ir.packet import Point, prerequisites_met
+from ir.packet import Point, fields_present
 from ir.valueset import ValueSet
 
 _NO_RULE = -1
@@ -187,8 +187,6 @@ class PolicyRegions:
         self.constraints = [
             tuple((j, s) for j, s in enumerate(c.sets) if not s.is_full()) for c in self.cubes
         ]
-        self._root_fields = sorted({r for rs in self.roots for r in rs})
-        self._exists: dict[tuple[int, ...], tuple[bool, ...]] = {}
         self._shapes: dict[int, tuple[Shapes, tuple[FieldShape, ...]]] = {}
 
     def rule_of(self, point: Point) -> int | None:
@@ -200,19 +198,8 @@ class PolicyRegions:
         return all(point[j] in s for j, s in self.constraints[rule])
 
     def exists_of(self, point: Point) -> tuple[bool, ...]:
-        """Per field, whether ``point`` carries it (a function of the root fields'
-        values alone, so remembered per root values)."""
-        key = tuple(point[r] for r in self._root_fields)
-        known = self._exists.get(key)
-        if known is None:
-            space = self.space
-            known = tuple(
-                not self.roots[i] or prerequisites_met(space, point, i)
-                for i in range(len(space.fields))
-            )
-            if len(self._exists) < 4096:
-                self._exists[key] = known
-        return known
+        """Per field, whether ``point`` carries it (:func:`ir.packet.fields_present`)."""
+        return fields_present(self.space, point)
 
     @functools.cached_property
     def columns(self) -> _Columns:

@@ -92,6 +92,16 @@ def _is_packet(space: Space, point: Point) -> bool:
     event's point): values within their widths and domains, and no field
     nonzero that the root fields' values say the packet lacks (remembered per
     root values, which have few combinations)."""
+    checks = _checks_of(space)
+    if min(point) < 0 or any(v >= limit for v, limit in zip(point, checks.limits, strict=True)):
+        return False
+    if not all(point[i] in d for i, d in checks.domains):
+        return False
+    exists = _fields_present(checks, point)
+    return all(there or not v for v, there in zip(point, exists, strict=True))
+
+
+def _checks_of(space: Space) -> _PointChecks:
     checks = _CHECKS.get(id(space))
     if checks is None or checks.space is not space:
         checks = _CHECKS[id(space)] = _PointChecks(
@@ -103,17 +113,25 @@ def _is_packet(space: Space, point: Point) -> bool:
             ),
             {},
         )
-    if min(point) < 0 or any(v >= limit for v, limit in zip(point, checks.limits, strict=True)):
-        return False
-    if not all(point[i] in d for i, d in checks.domains):
-        return False
+    return checks
+
+
+def fields_present(space: Space, point: Point) -> tuple[bool, ...]:
+    """Per field of ``space``, whether the packet ``point`` has it at all
+    (:func:`prerequisites_met`): a function of the root fields' values alone,
+    so remembered per root values."""
+    return _fields_present(_checks_of(space), point)
+
+
+def _fields_present(checks: _PointChecks, point: Point) -> tuple[bool, ...]:
     root_values = tuple(point[r] for r in checks.roots)
     exists = checks.exists.get(root_values)
     if exists is None:
+        space = checks.space
         exists = tuple(prerequisites_met(space, point, i) for i in range(len(space.fields)))
         if len(checks.exists) < 4096:
             checks.exists[root_values] = exists
-    return all(there or not v for v, there in zip(point, exists, strict=True))
+    return exists
 
 
 def field_problem(space: Space, point: Point, field_index: int) -> str:
