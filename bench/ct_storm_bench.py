@@ -43,6 +43,7 @@ from pathlib import Path
 from backends.bpf.conntrack import CtSpec
 from backends.bpf.emit import lower
 from backends.nic_profile import load_profile
+from bench.ct_cache_bench import connection_packets, host
 from compiler.frontend import compile_source
 from compiler.packet_syntax import parse_packet
 from ir.conntrack import CtConfig, CtTimeouts
@@ -69,19 +70,6 @@ policy storm_in ingress on {dev} {{
 }}
 """
 
-HOST = """
-endpoint web { ip 10.0.0.0/16 }
-policy up_in ingress on eth0 {
-    default drop
-    allow state established,related
-    allow state new tcp to web dport 443
-}
-policy up_out egress on eth0 {
-    default drop
-    allow state established,related
-}
-"""
-
 
 def _policy(text: str, name: str) -> Policy:
     result = compile_source(text, "bench.fw")
@@ -89,13 +77,10 @@ def _policy(text: str, name: str) -> Policy:
     return result.program.policy(name)
 
 
-def _pin(tag: str) -> str:
-    return f"/sys/fs/bpf/flowc-bench-{tag}-{os.getpid()}/ct"
-
-
 @contextmanager
 def _private_table(tag: str) -> Iterator[str]:
-    pin = _pin(tag)
+    """A bpffs path for a table of this run's own, removed afterwards."""
+    pin = f"/sys/fs/bpf/flowc-bench-{tag}-{os.getpid()}/ct"
     try:
         yield pin
     finally:
@@ -167,8 +152,9 @@ def run_storm(args: argparse.Namespace) -> list[dict[str, float]]:
             dst_mac = _mac(pair.ns_b, pair.dev_b)
             table = CtTable(pin)
             memlock_start = table.memlock_bytes()
+            # Interval 0: every poll collects (the agent's is due every --ct-gc-interval).
             watch = ConnectionWatch(
-                HostConnectionTable(table, config), interval=3600.0, now=time.monotonic()
+                HostConnectionTable(table, config), interval=0.0, now=time.monotonic()
             )
             per_wave = args.storm * args.capacity
             for wave in range(args.waves):
@@ -184,7 +170,7 @@ def run_storm(args: argparse.Namespace) -> list[dict[str, float]]:
                 time.sleep(args.timeout + 1.0)
                 idle = table.count()
                 collect_started = time.perf_counter()
-                collected = watch.table.gc(time.monotonic_ns())
+                collected = watch.poll(time.monotonic(), slow_path.status())
                 collect_s = time.perf_counter() - collect_started
                 rows.append(
                     {
@@ -211,8 +197,7 @@ def run_storm(args: argparse.Namespace) -> list[dict[str, float]]:
 # ------------------------------------------------- commits through the agent
 def agent_round(connections: int) -> dict[str, float]:
     """One round of ``connections`` connections through kernel and agent."""
-    program = compile_source(HOST, "host.fw").program
-    assert program is not None
+    program = host(0)  # the same stateful host as bench/ct_cache_bench.py, no filler rules
     with _private_table("agent") as pin:
         spec = CtSpec(config=CtConfig(capacity=connections + 16), pin=pin)
         egress = SlowPath(lower(program.policy("up_out"), conntrack=spec))
@@ -241,18 +226,7 @@ def agent_round(connections: int) -> dict[str, float]:
         try:
             agent.start()
             ingress = loaded[-1]
-            triples = []
-            for i in range(connections):
-                client = f"198.51.{(i >> 8) & 0xFF}.{i & 0xFF}"
-                server = f"10.0.{(i >> 8) & 0xFF}.{(i & 0xFF) or 1}"
-                port = 20000 + (i % 40000)
-                triples.append(
-                    (
-                        frame(parse_packet(f"tcp {client}:{port} -> {server}:443 flags syn")),
-                        frame(parse_packet(f"tcp {server}:443 -> {client}:{port} flags syn,ack")),
-                        frame(parse_packet(f"tcp {client}:{port} -> {server}:443 flags ack")),
-                    )
-                )
+            triples = [tuple(map(frame, t)) for t in connection_packets(connections)]
             agent_s = 0.0
             started = time.perf_counter()
             for syn, synack, ack in triples:
