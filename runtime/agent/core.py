@@ -482,9 +482,10 @@ class Agent(PolicyLoop):
         except FlowerInstallError as exc:
             log.warning("dump failed", extra={"fields": {"error": str(exc)}})
             return
+        status = self.slow_path.status()  # one read for the collector and the snapshot
         if self.ct_watch is not None:
             # First the collector: a connection it removed takes its cache rule along.
-            self.ct_watch.poll(self.clock(), self.slow_path.status())
+            self.ct_watch.poll(self.clock(), status)
         before = self._cache_counts()
         evicted = self.cache.expire(installed)
         self._retire(before)
@@ -493,7 +494,7 @@ class Agent(PolicyLoop):
                 "evicted",
                 extra={"fields": {"rules": evicted, "occupancy": self.cache.occupancy}},
             )
-        self._take_snapshot(installed)
+        self._take_snapshot(installed, status)
 
     def _cache_counts(self) -> dict[tuple[int, int], tuple[int, int, int]]:
         assert self.cache is not None
@@ -591,14 +592,17 @@ class Agent(PolicyLoop):
                 counters[cookie.rule].hit("flower", i.packets, i.bytes, last)
         return counters
 
-    def _take_snapshot(self, installed: list[InstalledFilter]) -> None:
+    def _take_snapshot(
+        self, installed: list[InstalledFilter], status: dict[str, int] | None = None
+    ) -> None:
         assert self.cache is not None and self.policy is not None and self.slow_path is not None
         stats = Counters(self.cache.stats)
         stats.update(self.stats)
         stats["events_received"] = self.queue.received
         stats["event_drops"] = self.queue.dropped
         stats["event_duplicates"] = self.queue.duplicates
-        status = self.slow_path.status()
+        if status is None:
+            status = self.slow_path.status()
         stats["slow_path_events_lost"] = status["events_lost"]
         stats["slow_path_events_sent"] = status["events_sent"]
         if self.ct_watch is not None:

@@ -167,10 +167,11 @@ class NetkitAgent(PolicyLoop):
     def poll(self) -> None:
         """Collect expired connections (stateful hosts) and refresh the metrics
         snapshot from the program's counters."""
+        assert self.slow_path is not None
+        status = self.slow_path.status()  # one read for the collector and the snapshot
         if self.ct_watch is not None:
-            assert self.slow_path is not None
-            self.ct_watch.poll(self.clock(), self.slow_path.status())
-        self._take_snapshot()
+            self.ct_watch.poll(self.clock(), status)
+        self._take_snapshot(status)
 
     # ----------------------------------------------------------------- update
     def update(self, policy: Policy) -> None:
@@ -221,10 +222,11 @@ class NetkitAgent(PolicyLoop):
         log.info("stopped", extra={"fields": {"kept": self.config.keep}})
 
     # ------------------------------------------------------------ observation
-    def _take_snapshot(self) -> None:
+    def _take_snapshot(self, status: dict[str, int] | None = None) -> None:
         assert self.policy is not None and self.slow_path is not None
         stats = Counters(self.stats)
-        status = self.slow_path.status()
+        if status is None:
+            status = self.slow_path.status()
         stats["slow_path_events_lost"] = status["events_lost"]
         stats["slow_path_events_sent"] = status["events_sent"]
         if self.ct_watch is not None:
