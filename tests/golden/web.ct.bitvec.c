@@ -351,13 +351,13 @@ static __always_inline __u64 flowc_ct_now(const struct flowc_config *cfg)
 
 static __always_inline int flowc_ct_is_icmp(__u8 family, __u8 proto)
 {
-	return (family == 4 && proto == IPPROTO_ICMP) ||
+	return (family == 4 && proto == FLOWC_IPPROTO_ICMP) ||
 	       (family == 6 && proto == FLOWC_IPPROTO_ICMPV6);
 }
 
 static __always_inline int flowc_ct_port_proto(__u8 proto)
 {
-	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == FLOWC_IPPROTO_SCTP;
+	return proto == FLOWC_IPPROTO_TCP || proto == FLOWC_IPPROTO_UDP || proto == FLOWC_IPPROTO_SCTP;
 }
 
 /* ICMP_ECHO: echo request / reply types per family. */
@@ -384,7 +384,7 @@ static __always_inline __u64 flowc_ct_timeout_ns(const struct flowc_ct_entry *e,
 {
 	__u64 s = FLOWC_CT_T_OTHER;
 
-	if (proto == IPPROTO_TCP) {
+	if (proto == FLOWC_IPPROTO_TCP) {
 		switch (e->tcp) {
 		case FLOWC_TCP_SYN_SENT:
 			s = FLOWC_CT_T_TCP_SYN_SENT;
@@ -405,11 +405,11 @@ static __always_inline __u64 flowc_ct_timeout_ns(const struct flowc_ct_entry *e,
 			s = FLOWC_CT_T_TCP_CLOSE;
 			break;
 		}
-	} else if (proto == IPPROTO_UDP) {
+	} else if (proto == FLOWC_IPPROTO_UDP) {
 		s = e->replied ? FLOWC_CT_T_UDP_STREAM : FLOWC_CT_T_UDP;
 	} else if (proto == FLOWC_IPPROTO_SCTP) {
 		s = e->replied ? FLOWC_CT_T_SCTP_STREAM : FLOWC_CT_T_SCTP;
-	} else if (proto == IPPROTO_ICMP || proto == FLOWC_IPPROTO_ICMPV6) {
+	} else if (proto == FLOWC_IPPROTO_ICMP || proto == FLOWC_IPPROTO_ICMPV6) {
 		s = FLOWC_CT_T_ICMP;
 	}
 	return s * FLOWC_NS_PER_S;
@@ -581,7 +581,7 @@ static __always_inline __u8 flowc_ct_observe_tcp(const struct flowc_key *k,
 	}
 	if (after == FLOWC_CT_NO_START)
 		return FLOWC_STATE_INVALID; /* fits no step of the connection's state machine */
-	return flowc_ct_touch(e, dir, now, after, fin_from, IPPROTO_TCP);
+	return flowc_ct_touch(e, dir, now, after, fin_from, FLOWC_IPPROTO_TCP);
 }
 
 /* The embedded header of an ICMP error at off (the IP header and the first 8
@@ -733,7 +733,7 @@ static __always_inline __u8 flowc_ct_observe(struct __sk_buff *skb, const struct
 		return flowc_ct_observe_icmp(skb, k, l4_off, s, now);
 	flowc_ct_key_of(k, &s->key);
 	e = flowc_ct_find(s, now, &dir);
-	if (k->ip_proto == IPPROTO_TCP)
+	if (k->ip_proto == FLOWC_IPPROTO_TCP)
 		return flowc_ct_observe_tcp(k, s, e, dir, now);
 	if (!e) {
 		s->starts = FLOWC_TCP_NONE;
@@ -755,7 +755,7 @@ static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, const str
 	if (s->starts == FLOWC_CT_NO_START)
 		return 0;
 	e.tcp = s->starts;
-	e.start_flags = k->ip_proto == IPPROTO_TCP ? k->tcp_flags : 0;
+	e.start_flags = k->ip_proto == FLOWC_IPPROTO_TCP ? k->tcp_flags : 0;
 	e.hook = hook;
 	e.created_ns = now;
 	e.last_ns = now;
