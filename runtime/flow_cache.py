@@ -247,7 +247,12 @@ class FlowCache:
         self.entries: dict[tuple[int, int], CacheEntry] = {}  # (prio, handle) -> entry
         # Tuple-space index over installed cubes: masks -> {masked point: key}.
         self.by_mask: dict[tuple[int, ...], dict[tuple[int, ...], tuple[int, int]]] = {}
+        # The same index per policy rule (rule -> masks -> {masked point: key}):
+        # a miss event names its rule, and only that rule's cache rules can hold
+        # its packet, so its look-up walks a few signatures, not every one.
+        self.by_rule: dict[int, dict[tuple[int, ...], dict[tuple[int, ...], tuple[int, int]]]] = {}
         self._mask_views: dict[tuple[int, ...], MaskView] = {}
+        self._mask_bits: dict[tuple[int, ...], int] = {}  # signature -> packed_masks
         self.admission: OrderedDict[Point, int] = OrderedDict()
         self.negative: list[tuple[Cube, float]] = []
         self.next_handle = 1
@@ -258,10 +263,22 @@ class FlowCache:
         self._set_policy(policy, generation)
 
     # ------------------------------------------------------------------ lookups
-    def lookup(self, point: Point) -> CacheEntry | None:
+    def lookup(self, point: Point, rule: int | None = None) -> CacheEntry | None:
         """The cache rule holding ``point`` (cache rules of one packet's rule may
-        overlap; any of them decides it the same way)."""
-        for masks, table in self.by_mask.items():
+        overlap; any of them decides it the same way).
+
+        With ``rule``, the policy rule that decides ``point``, only that rule's
+        cache rules are searched: each is decided whole by its rule, so no other
+        can hold the packet. One exception, harmless: a cube a policy update kept
+        (its verdicts unchanged) is relabelled with the rule of the packet it was
+        built for and may hold packets another rule now decides the same way. A
+        miss of such a packet builds a cube of its own, decided whole by its
+        rule, so never that one's, and installs an overlapping rule with the
+        same verdict."""
+        index = self.by_mask if rule is None else self.by_rule.get(rule)
+        if not index:
+            return None
+        for masks, table in index.items():
             key = table.get(self._view_of(masks)(point))
             if key is not None:
                 return self.entries[key]
@@ -294,7 +311,7 @@ class FlowCache:
             # something else now, so the event is dropped (the next packet
             # comes back under the new generation).
             return self._count(MissOutcome.STALE)
-        if self.lookup(point) is not None:
+        if self.lookup(point, rule) is not None:
             return self._count(MissOutcome.COVERED)
         if self.connections is not None:
             return self._on_connection_miss(point, now, rule)
@@ -507,11 +524,17 @@ class FlowCache:
         it costs at most ``mask_slack`` bits, or at any cost at the mask budget."""
         if flow.masks in self.by_mask:
             return flow
-        own = sum(m.bit_count() for m in flow.masks)
+        # Each signature as one integer (the fields' masks side by side): "holds
+        # every bit of the megaflow's" is then one AND, not one per field.
+        own_bits = packed_masks(flow.masks)
+        own = own_bits.bit_count()
         best: tuple[int, tuple[int, ...]] | None = None
         for masks in self.by_mask:
-            if all(m & o == o for m, o in zip(masks, flow.masks, strict=True)):
-                extra = sum(m.bit_count() for m in masks) - own
+            bits = self._mask_bits.get(masks)
+            if bits is None:
+                bits = self._mask_bits[masks] = packed_masks(masks)
+            if bits & own_bits == own_bits:
+                extra = bits.bit_count() - own
                 if best is None or extra < best[0]:
                     best = (extra, masks)
         at_budget = len(self.by_mask) >= self.profile.max_masks
@@ -559,10 +582,29 @@ class FlowCache:
     def _remember(self, entry: CacheEntry) -> None:
         key = (entry.filter.prio, entry.filter.handle)
         self.entries[key] = entry
-        masks = entry.flow.masks
-        masked = self._view_of(masks)(entry.flow.point)
-        self.by_mask.setdefault(masks, {})[masked] = key
+        self._index(key, entry.flow)
         self.peak_occupancy = max(self.peak_occupancy, len(self.entries))
+
+    def _index(self, key: tuple[int, int], flow: Megaflow) -> None:
+        masks = flow.masks
+        masked = self._view_of(masks)(flow.point)
+        self.by_mask.setdefault(masks, {})[masked] = key
+        self.by_rule.setdefault(flow.rule, {}).setdefault(masks, {})[masked] = key
+
+    def _unindex(self, key: tuple[int, int], flow: Megaflow) -> None:
+        masks = flow.masks
+        masked = self._view_of(masks)(flow.point)
+        for index, owner in ((self.by_rule.get(flow.rule, {}), flow.rule), (self.by_mask, None)):
+            table = index.get(masks, {})
+            if table.get(masked) == key:
+                del table[masked]
+            if not table:
+                index.pop(masks, None)
+            if owner is not None and not index:
+                self.by_rule.pop(owner, None)
+        if masks not in self.by_mask:
+            self._mask_views.pop(masks, None)
+            self._mask_bits.pop(masks, None)
 
     def _forget(self, keys: list[tuple[int, int]]) -> list[CacheEntry]:
         gone = []
@@ -570,14 +612,7 @@ class FlowCache:
             entry = self.entries.pop(key, None)
             if entry is None:
                 continue
-            masks = entry.flow.masks
-            masked = self._view_of(masks)(entry.flow.point)
-            table = self.by_mask.get(masks, {})
-            if table.get(masked) == key:
-                del table[masked]
-            if not table:
-                self.by_mask.pop(masks, None)
-                self._mask_views.pop(masks, None)
+            self._unindex(key, entry.flow)
             gone.append(entry)
         return gone
 
@@ -677,7 +712,9 @@ class FlowCache:
                 relabel.append((key, new_rule))
         for key, new_rule in relabel:
             entry = self.entries[key]
+            self._unindex(key, entry.flow)
             entry.flow = Megaflow(entry.flow.cube, entry.flow.masks, entry.flow.point, new_rule)
+            self._index(key, entry.flow)
         deleted = self._delete(doomed, "revalidation_deletes")
         return len(relabel), deleted
 
@@ -781,6 +818,16 @@ def _as_established(c: Cube) -> Cube:
     sets = list(c.sets)
     sets[_STATE_AT] = sets[_STATE_AT] & _ESTABLISHED
     return Cube(tuple(sets))
+
+
+_MASK_OFFSETS = tuple(sum(_WIDTHS[:i]) for i in range(len(_WIDTHS)))
+
+
+def packed_masks(masks: Sequence[int]) -> int:
+    """A mask signature as one integer, each field's mask at its own offset
+    (fields do not overlap, so ANDs and bit counts of the packed signatures are
+    those of the fields')."""
+    return sum(m << offset for m, offset in zip(masks, _MASK_OFFSETS, strict=True))
 
 
 MaskView = Callable[[Point], tuple[int, ...]]

@@ -25,7 +25,7 @@ from compiler.frontend import compile_source
 from ir.interp import evaluate
 from ir.model import Action, Match, Policy
 from ir.packet import Packet
-from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome, mask_view
+from runtime.flow_cache import CacheConfig, FlowCache, MissOutcome, mask_view, packed_masks
 from runtime.nic_model import NicModel
 from tests.fixtures import FakeClock
 from tests.strategies import make_policy, packets, rules
@@ -127,6 +127,80 @@ def test_whatever_misses_arrive_the_cache_stays_sound(
         entry = cache.lookup(packet.values)
         hit = model.classify(packet)
         assert (entry is None) == (hit is None)
+
+
+def assert_index_is_whole(cache: FlowCache) -> None:
+    """The per-rule index is the mask index split by each entry's rule: every
+    entry in its own slot of both, nothing else in either."""
+    slots = {(m, masked, key) for m, t in cache.by_mask.items() for masked, key in t.items()}
+    per_rule = {
+        (m, masked, key)
+        for tables in cache.by_rule.values()
+        for m, t in tables.items()
+        for masked, key in t.items()
+    }
+    assert slots == per_rule
+    assert len(slots) == len(cache.entries)
+    for key, entry in cache.entries.items():
+        masked = mask_view(entry.flow.masks)(entry.flow.point)
+        assert cache.by_rule[entry.flow.rule][entry.flow.masks][masked] == key
+    assert all(cache.by_rule.values()) and all(t for t in cache.by_mask.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(rules(), min_size=1, max_size=8),
+    st.lists(rules(), min_size=1, max_size=8),
+    st.lists(packets(), min_size=1, max_size=16),
+    st.integers(0, 16),
+    st.sampled_from(["megaflow", "exact"]),
+)
+def test_misses_with_the_slow_paths_rule_keep_the_per_rule_index_whole(
+    specs: list[tuple[Match, Action]],
+    later: list[tuple[Match, Action]],
+    misses: list[Packet],
+    update_at: int,
+    mode: str,
+) -> None:
+    """The agent's misses name their rule, and the look-up then searches that
+    rule's cache rules only: across installs, evictions and a policy update
+    (which relabels kept rules), the index stays whole, a packet whose rule is
+    cached is found by its rule, and the cache stays sound."""
+    policy = make_policy(specs, "drop")
+    cache, model, clock = setup(policy, mode=mode, max_insert_rate=None, capacity=6)
+    for n, packet in enumerate(misses):
+        if n == update_at:
+            # Rules in front shift every index: the kept cache rules are relabelled.
+            policy = make_policy(later + specs, "drop")
+            cache.update_policy(policy, generation=2)
+            assert_index_is_whole(cache)
+        rule = evaluate(policy, packet).rule
+        index = policy.rules.index(rule)
+        outcome = cache.on_miss(packet.values, rule=index, generation=cache.generation)
+        assert_index_is_whole(cache)
+        if outcome in (MissOutcome.INSTALLED, MissOutcome.COVERED):
+            assert cache.lookup(packet.values) is not None
+        if outcome == MissOutcome.INSTALLED:
+            assert cache.lookup(packet.values, index) is not None
+        clock.now += 1.0
+    cache.expire()
+    assert_index_is_whole(cache)
+    assert_sound(cache, model, misses)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), min_size=1))
+def test_packed_masks_hold_each_fields_bits_and_count(pairs: list[tuple[int, int]]) -> None:
+    """Against the per-field definition the mask sharing used before."""
+    from ir.fields import HEADER_SPACE
+
+    widths = [f.width for f in HEADER_SPACE.fields]
+    a = tuple(x & ((1 << w) - 1) for (x, _), w in zip(pairs * len(widths), widths, strict=False))
+    b = tuple(y & ((1 << w) - 1) for (_, y), w in zip(pairs * len(widths), widths, strict=False))
+    a, b = a[: len(widths)], b[: len(widths)]
+    holds = all(m & o == o for m, o in zip(a, b, strict=True))
+    assert (packed_masks(a) & packed_masks(b) == packed_masks(b)) == holds
+    assert packed_masks(a).bit_count() == sum(m.bit_count() for m in a)
 
 
 def test_a_flow_installs_one_rule_and_its_megaflow_covers_its_neighbours() -> None:
