@@ -199,6 +199,12 @@ _CONNECTION_BASE = tuple(
     else fld.full
     for i, fld in enumerate(HEADER_SPACE.fields)
 )
+# An exact-mode cube before its pinned fields: every field free but the fragment
+# state (none: exact ports keep fragments out, as for a connection rule).
+_EXACT_BASE = tuple(
+    ValueSet.of_value(2, FRAG_NONE) if i == _FRAG_AT else fld.full
+    for i, fld in enumerate(HEADER_SPACE.fields)
+)
 _FULL_MASKS = tuple((1 << f.width) - 1 for f in HEADER_SPACE.fields)
 _ALL_BUT_FLAGS_AND_STATE = frozenset(range(len(HEADER_SPACE.fields))) - {_FLAGS_AT, _STATE_AT}
 
@@ -319,6 +325,10 @@ class FlowCache:
             return self._count(MissOutcome.ADMISSION)
         if any(c.contains(point) and now < until for c, until in self.negative):
             return self._count(MissOutcome.NEGATIVE)
+        if self.shapes is EXACT_5TUPLE and not self.by_algebra:
+            direct = self._exact_flow(point, rule)
+            if direct is not None:
+                return self._install(*direct, now)
         if self.by_algebra:
             flow = megaflow_by_algebra(self.regions, point, self.shapes)
         else:
@@ -371,7 +381,7 @@ class FlowCache:
         flow = self._connection_flow(point, rule)
         if flow is None:
             return self._count(MissOutcome.UNEXPRESSIBLE)
-        match = self._connection_match(flow)
+        match = self._tuple_match(flow)
         if match is None:
             return self._count(MissOutcome.UNEXPRESSIBLE)
         return self._install(flow, match, now, found[0].key)
@@ -412,6 +422,48 @@ class FlowCache:
                 return Megaflow(cube, tuple(masks), point, rule)
         return None
 
+    def _exact_flow(self, point: Point, rule: int | None) -> tuple[Megaflow, FlowerMatch] | None:
+        """Exact mode's cache rule for a whole TCP/UDP/SCTP packet with ports, built
+        directly: the 5-tuple and tagging exact (else every field but the flags
+        and state, where the policy looks at more), proven decided whole by its
+        rule, kept off the malformed frames' views, then matched by
+        :meth:`_tuple_match`. None leaves the packet to the general construction
+        (:func:`megaflow` with the exact shapes), which takes every packet; this
+        path only skips its obstacle search and :func:`expand` for the common
+        case, one rule per flow. ``rule``: the slow path's rule for the packet
+        (checked: a cube decided whole by it has it as every packet's first match)."""
+        if (
+            point[_FRAG_AT] != FRAG_NONE
+            or point[_PROTO_AT] not in PORT_PROTOCOLS
+            or not (point[_SPORT_AT] or point[_DPORT_AT])
+        ):
+            return None
+        exact = _CONNECTION_POSITIONS.get(point[_FAMILY_AT])
+        if exact is None:
+            return None
+        exact = exact | {_VLAN_TAGGED_AT, _VLAN_ID_AT} if point[_VLAN_TAGGED_AT] else exact
+        if rule is None or not 0 <= rule < len(self.regions.cubes):
+            rule = self._rule_of(point)
+            if rule is None:
+                return None
+        for pinned in (exact, _ALL_BUT_FLAGS_AND_STATE):
+            sets = list(_EXACT_BASE)
+            masks = [0] * len(sets)
+            for i in pinned:
+                sets[i] = ValueSet.of_value(_WIDTHS[i], point[i])
+                masks[i] = _FULL_MASKS[i]
+            cube = Cube(tuple(sets))
+            if decides_whole(self.regions, cube, rule):
+                break
+        else:
+            return None
+        # Narrowed (a subset of the proven cube) so no malformed frame's view meets it.
+        flow = self._off_malformed_views(Megaflow(cube, tuple(masks), point, rule))
+        if flow is None:
+            return None
+        match = self._tuple_match(flow)
+        return None if match is None else (flow, match)
+
     def _rule_of(self, point: Point) -> int | None:
         """The first rule holding ``point``: by a scan on short policies (the
         locator's set-up costs more than it saves there), else the locator."""
@@ -420,13 +472,15 @@ class FlowCache:
             return regions.rule_of(point)
         return next((i for i in range(len(regions.cubes)) if regions.holds(i, point)), None)
 
-    def _connection_match(self, flow: Megaflow) -> FlowerMatch | None:
-        """The one flower match of a connection rule: the exact tuple, no SYN/FIN/RST,
-        the tagging and DSCP when the cube pins them (state is not a key: every
-        packet it meets while the rule lives is established). Built directly, not
-        by :func:`expand`, since a stateful host installs one per connection; that
-        it covers exactly the (proven) cube is what tests/test_conn_cache.py
-        holds it to against ``expand`` and :meth:`FlowerMatch.cubes`."""
+    def _tuple_match(self, flow: Megaflow) -> FlowerMatch | None:
+        """The one flower match of a cube with the exact 5-tuple: a connection
+        rule's (no SYN/FIN/RST; state is not a key: every packet it meets while
+        the rule lives is established) or an exact-mode rule's (the TCP flags its
+        masks keep). The tagging and DSCP when the cube pins them. Built directly,
+        not by :func:`expand`, since such rules come one per connection or flow;
+        that it covers exactly the (proven) cube is what tests/test_conn_cache.py
+        and tests/test_flow_cache.py hold it to against ``expand`` and
+        :meth:`FlowerMatch.cubes`."""
         space = HEADER_SPACE
         p, masks = flow.point, flow.masks
         family, proto = p[space.position("family")], p[space.position("ip_proto")]
@@ -441,8 +495,9 @@ class FlowCache:
             "src_port": Masked(p[space.position("sport")], 0xFFFF),
             "dst_port": Masked(p[space.position("dport")], 0xFFFF),
         }
-        if proto == PROTO_TCP:
-            keys["tcp_flags"] = Masked(0, _STATE_CHANGING)
+        flags_mask = masks[_FLAGS_AT]
+        if proto == PROTO_TCP and flags_mask:
+            keys["tcp_flags"] = Masked(p[_FLAGS_AT] & flags_mask, flags_mask)
             kinds.append("tcp_flags")
         dscp_at = space.position("dscp")
         if masks[dscp_at]:
@@ -492,7 +547,12 @@ class FlowCache:
         """
         if self.policy.rules[flow.rule].action.kind == DROP:
             return flow
-        for view in MALFORMED_VIEWS:
+        for view, pinned in _VIEW_PINS:
+            # Most megaflows fix the family and ip_proto, which rules most views
+            # out on the fields each pins, before a whole intersection.
+            sets = flow.cube.sets
+            if not all(sets[i].overlaps(values) for i, values in pinned):
+                continue
             both = intersect(flow.cube, view.cube)
             if both is None or not is_feasible(HEADER_SPACE, both):
                 continue
@@ -795,7 +855,7 @@ class FlowCache:
         if found is None or not found[0].steady:
             return False
         flow = self._connection_flow(point)
-        if flow is None or self._connection_match(flow) != f.match:
+        if flow is None or self._tuple_match(flow) != f.match:
             return False
         if f.cookie is None or f.cookie.rule != flow.rule:
             return False
@@ -819,6 +879,13 @@ def _as_established(c: Cube) -> Cube:
     sets[_STATE_AT] = sets[_STATE_AT] & _ESTABLISHED
     return Cube(tuple(sets))
 
+
+_VIEW_PINS = tuple(
+    (view, tuple((i, v) for i, v in enumerate(view.cube.sets) if not v.is_full()))
+    for view in MALFORMED_VIEWS
+)
+"""Each malformed frame's flower view with the fields it pins (their positions
+and values)."""
 
 _MASK_OFFSETS = tuple(sum(_WIDTHS[:i]) for i in range(len(_WIDTHS)))
 

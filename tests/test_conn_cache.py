@@ -350,7 +350,7 @@ def test_the_connection_match_is_what_expand_gives_and_is_decided_whole(
     flow = cache._connection_flow(point)
     if flow is None:
         return
-    match = cache._connection_match(flow)
+    match = cache._tuple_match(flow)
     assert match is not None
     sets = list(flow.cube.sets)
     sets[HEADER_SPACE.position("state")] = HEADER_SPACE.field("state").full

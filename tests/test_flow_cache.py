@@ -188,6 +188,75 @@ def test_misses_with_the_slow_paths_rule_keep_the_per_rule_index_whole(
     assert_sound(cache, model, misses)
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(rules(), min_size=1, max_size=8),
+    st.sampled_from(["allow", "drop"]),
+    st.lists(packets(), min_size=1, max_size=12),
+)
+def test_exact_modes_direct_rule_is_what_expand_gives_and_is_decided_whole(
+    specs: list[tuple[Match, Action]], default: str, probes: list[Packet]
+) -> None:
+    """Exact mode builds its common rule directly (no obstacle search, no
+    ``expand``): the match must be exactly the one ``expand`` gives for the
+    cube, every packet it covers decided by the packet's rule, and the packet
+    in it."""
+    from backends.flower.lowering import expand
+    from ir.algebra import intersect, is_feasible
+    from ir.fields import HEADER_SPACE
+    from ir.megaflow import PolicyRegions, decides_whole
+
+    policy = make_policy(specs, default)
+    cache, _model, _clock = setup(policy, mode="exact", max_insert_rate=None)
+    regions = PolicyRegions(cache.regions.space, [r.match.cube for r in policy.rules])
+    built = 0
+    for packet in probes:
+        index = policy.rules.index(evaluate(policy, packet).rule)
+        direct = cache._exact_flow(packet.values, index)
+        if direct is None:
+            continue
+        built += 1
+        flow, match = direct
+        assert flow.rule == index and flow.cube.contains(packet.values)
+        expansion = expand(flow.cube, cache.profile)
+        assert not expansion.problem
+        assert list(expansion.matches) == [match]
+        covered = match.cubes()
+        assert covered and all(decides_whole(regions, c, index) for c in covered)
+        if policy.rules[index].action.kind != "drop":
+            # Cache rules sit above the malformed frames' traps: none may meet a view.
+            for view in MALFORMED_VIEWS:
+                for c in covered:
+                    both = intersect(c, view.cube)
+                    assert both is None or not is_feasible(HEADER_SPACE, both), view.name
+    # And a wrong rule is never taken: the first match decides.
+    for packet in probes:
+        index = policy.rules.index(evaluate(policy, packet).rule)
+        for other in range(len(policy.rules)):
+            direct = cache._exact_flow(packet.values, other)
+            assert direct is None or direct[0].rule == index
+
+
+def test_exact_mode_takes_the_direct_rule_for_a_plain_tcp_flow() -> None:
+    """The direct construction is the one that runs for the common case (not
+    only a path the general one would mask)."""
+    cache, model, _clock = setup(mode="exact", max_insert_rate=None)
+    api = tcp("10.10.1.11", "10.10.2.20", 40000, 9000)
+    index = cache.policy.rules.index(evaluate(cache.policy, api).rule)
+    assert cache._exact_flow(api.values, index) is not None
+    assert cache.on_miss(api.values, rule=index) == MissOutcome.INSTALLED
+    (entry,) = cache.entries.values()
+    assert entry.filter.match.src_port is not None and entry.filter.match.dst_port is not None
+    assert model.classify(api) is not None
+    assert model.classify(tcp("10.10.1.11", "10.10.2.20", 40001, 9000)) is None  # exact
+    # Where an earlier rule looks at the flags (the web tier's half-open scans),
+    # the tuple alone is not decided whole: the general construction cuts it.
+    health = tcp("10.10.0.2", "10.10.1.12", 40000, 8080)
+    index = cache.policy.rules.index(evaluate(cache.policy, health).rule)
+    assert cache._exact_flow(health.values, index) is None
+    assert cache.on_miss(health.values, rule=index) == MissOutcome.INSTALLED
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), min_size=1))
 def test_packed_masks_hold_each_fields_bits_and_count(pairs: list[tuple[int, int]]) -> None:
