@@ -245,8 +245,10 @@ STAGES = (
     ("megaflow", "megaflow_by_algebra", "ir/megaflow.py"),
     ("proof", "decides_whole", "ir/megaflow.py"),
     ("proof", "decides_whole_by_walk", "ir/megaflow.py"),
-    ("flower match (expand, cube)", "expand", "backends/flower/lowering.py"),
-    ("flower match (expand, cube)", "cube", "backends/flower/rules.py"),
+    ("flower match (expand, cube; direct)", "expand", "backends/flower/lowering.py"),
+    ("flower match (expand, cube; direct)", "cube", "backends/flower/rules.py"),
+    ("flower match (expand, cube; direct)", "_tuple_match", "runtime/flow_cache.py"),
+    ("off the malformed views", "_off_malformed_views", "runtime/flow_cache.py"),
     ("install into the NIC model", "add", "runtime/nic_model.py"),
 )
 

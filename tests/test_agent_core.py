@@ -11,6 +11,7 @@ kernel tier runs the same agent on the real BPF program
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from collections.abc import Callable
 
@@ -377,6 +378,18 @@ def test_a_flow_key_reads_back_as_its_packet(packet: Packet) -> None:
     conversion): the same packet, for every field of the header space."""
     key = FlowKey.from_packet(packet)
     assert _point_of(key, bytes(key)) == key.to_packet().values == packet.values
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=ctypes.sizeof(FlowKey), max_size=ctypes.sizeof(FlowKey)))
+def test_the_key_reader_reads_every_field_as_its_bytes_say(raw: bytes) -> None:
+    """One struct unpack per key, against the field-by-field reading of the
+    key's layout (any bytes, packet or not: the check comes after)."""
+    from runtime.agent.core import _key_layout, _key_reader
+
+    layout, read = _key_layout(), _key_reader()
+    assert layout is not None and read is not None
+    assert read(raw) == tuple(int.from_bytes(raw[a:b], order) for a, b, order in layout)
 
 
 def test_a_flow_key_that_is_no_packet_is_refused() -> None:

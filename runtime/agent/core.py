@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import struct
 import sys
 import time
 from collections import OrderedDict
@@ -175,14 +176,62 @@ def _key_layout() -> tuple[tuple[int, int, Literal["little", "big"]], ...] | Non
     return tuple(layout)
 
 
+_WORD = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+@functools.cache
+def _key_reader() -> Callable[[bytes], Point] | None:
+    """One ``struct`` unpack of a flow key's bytes into a point (a 16-byte
+    address read as two 64-bit halves), from :func:`_key_layout`; None where
+    the layout has no such reading (a field of another size)."""
+    layout = _key_layout()
+    if layout is None:
+        return None
+    native, network = ["="], [">"]
+    native_at = network_at = 0
+    # Per field: which unpacked values make it (one, or a high and a low half).
+    parts: list[tuple[bool, int, int]] = []  # (network order, first index, count)
+    native_n = network_n = 0
+    for start, end, order in sorted(layout):
+        size = end - start
+        halves = size // 8 if size == 16 else 1
+        word = _WORD.get(size // halves)
+        if word is None:
+            return None
+        if order == "big":
+            network.append(f"{start - network_at}x{word * halves}")
+            network_at = end
+            parts.append((True, network_n, halves))
+            network_n += halves
+        else:
+            native.append(f"{start - native_at}x{word}")
+            native_at = end
+            parts.append((False, native_n, 1))
+            native_n += 1
+    by_offset = sorted(range(len(layout)), key=lambda i: layout[i])
+    order_of = {field: slot for slot, field in enumerate(by_offset)}
+    plan = tuple(parts[order_of[i]] for i in range(len(layout)))
+    read_native = struct.Struct("".join(native)).unpack_from
+    read_network = struct.Struct("".join(network)).unpack_from
+
+    def read(raw: bytes) -> Point:
+        host, net = read_native(raw), read_network(raw)
+        return tuple(
+            (net[at] << 64 | net[at + 1] if count == 2 else net[at]) if big else host[at]
+            for big, at, count in plan
+        )
+
+    return read
+
+
 def _point_of(key: FlowKey, raw: bytes) -> Point:
     """The packet a flow key describes, read from its bytes (``raw``): the
     key's own field-by-field conversion costs more than the rest of a cache
     hit. Checked as :class:`ir.packet.Packet` checks (ValueError)."""
-    layout = _key_layout()
-    if layout is None:
+    read = _key_reader()
+    if read is None:
         return key.to_packet().values
-    point = tuple(int.from_bytes(raw[start:end], order) for start, end, order in layout)
+    point = read(raw)
     problems = point_problems(HEADER_SPACE, point)
     if problems:
         raise ValueError("; ".join(problems))
@@ -464,12 +513,16 @@ class Agent(PolicyLoop):
         """Turn queued miss events into cache rules; returns how many were handled."""
         assert self.cache is not None
         events = self.queue.pop(self.config.events_per_tick)
+        debug = log.isEnabledFor(logging.DEBUG)  # once per batch, not per install
         for point, rule, generation, ts_ns in events:
             outcome = self.cache.on_miss(point, rule=rule, generation=generation)
             if outcome == MissOutcome.INSTALLED:
                 self.install_latency.append(max(0.0, time.monotonic() - ts_ns / 1e9))
-                del self.install_latency[:-1024]
-                log.debug("installed", extra={"fields": {"rule": rule, "generation": generation}})
+                if debug:
+                    log.debug(
+                        "installed", extra={"fields": {"rule": rule, "generation": generation}}
+                    )
+        del self.install_latency[:-1024]
         return len(events)
 
     def poll(self) -> None:
