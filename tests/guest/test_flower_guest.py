@@ -21,13 +21,14 @@ import pytest
 
 from backends.flower import lowering as flower
 from backends.flower.dissector import MALFORMED_VIEWS
-from backends.flower.rules import ROLE_FRAME, FlowerFilter, classify, ordered
+from backends.flower.rules import CT, ROLE_FRAME, FlowerFilter, classify, ordered
 from backends.flower.text import parse_tc_json, to_tc_batch
-from compiler.frontend import compile_source
+from compiler.frontend import compile_file, compile_source
 from ir.analysis import region_witnesses
 from ir.fields import FRAG_NONE
 from ir.interp import evaluate
 from ir.packet import Packet
+from ir.state_analysis import uses_state
 from runtime.flower_installer import FlowerInstaller, FlowerInstallError
 from tests.fixtures import EXAMPLE_PATHS
 from tests.guest.conftest import Pair, inside, sh
@@ -69,6 +70,36 @@ def test_examples_install_and_read_back(pair: Pair, path: Path) -> None:
             assert plain(parse_tc_json(json.loads(tc_json.stdout))) == plain(program.filters)
             assert inst.flush() == len(program.filters)
             assert inst.dump() == []
+
+
+STATEFUL_EXAMPLES = sorted((EXAMPLE_PATHS[0].parent / "stateful").glob("*.fw"))
+
+
+@pytest.mark.parametrize("path", STATEFUL_EXAMPLES, ids=lambda p: p.stem)
+def test_stateful_examples_read_back_from_tc_json(pair: Pair, path: Path) -> None:
+    """The ct shape (ct_state keys, the ct action, commits, goto chains) as iproute2
+    prints it: parse_tc_json of a real `tc -j` dump gives back every filter
+    installed, in every chain."""
+    for module in ("nf_conntrack", "act_ct"):
+        sh("modprobe", module)
+    result = compile_file(str(path))
+    assert result.program is not None, result.diagnostics
+    stateful = uses_state(result.program)
+    assert stateful, f"{path.name} is no stateful example"
+    for policy in result.program.policies:
+        for dev in target_devices(policy):
+            pair.add_device(dev)
+        program = flower.lower(policy, stateful=stateful)
+        assert any(f.action.kind == CT for f in program.filters), policy.name
+        direction = policy.hook.direction
+        with inside(pair.ns_b), FlowerInstaller(pair.dev_b, direction) as inst:
+            inst.install(program.filters)
+            tc_json = sh(
+                "ip", "netns", "exec", pair.ns_b, "tc", "-j", "filter", "show",
+                "dev", pair.dev_b, direction,
+            )  # fmt: skip
+            assert plain(parse_tc_json(json.loads(tc_json.stdout))) == plain(program.filters)
+            assert inst.flush() == len(program.filters)
 
 
 @pytest.mark.parametrize("path", EXAMPLE_PATHS, ids=lambda p: p.stem)
