@@ -38,9 +38,15 @@ from tests.netns import Pair, inside
 
 REPO = Path(__file__).resolve().parent.parent.parent
 METRICS = "127.0.0.1:9468"
-# One bcc compile of a small slow path in the emulated guest, unloaded (measured
-# at 15 s; DESIGN.md). Waits written in unloaded seconds scale by compile_s / this.
-NOMINAL_COMPILE_S = 15.0
+# The calibration compile (the boot's first) on a guest the waits below were
+# written for. Waits written in unloaded seconds scale by compile_s / this. It
+# was 15 s while the C included the kernel's internal headers, when calibration
+# measured 81-176 s; with uapi headers only the same guests calibrate at 41-79 s
+# (the boot's first compile, cold page cache; later ones 25 s), while the work
+# the waits cover (Python start-up, imports, installs, traffic) is as slow as it
+# was. So the nominal moved with the compile (15 s x 41/81), keeping the factor
+# the waits were tuned with.
+NOMINAL_COMPILE_S = 7.5
 # The slow path :func:`calibrate` compiles: the agent tests' policy shape.
 CALIBRATION_POLICY = """\
 policy calibrate ingress on lo {
