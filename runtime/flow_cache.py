@@ -395,11 +395,6 @@ class FlowCache:
         if not _connection_cacheable(point):
             return None
         point = (*point[:_STATE_AT], STATE_ESTABLISHED, *point[_STATE_AT + 1 :])
-        exact = _CONNECTION_POSITIONS.get(point[_FAMILY_AT])
-        if exact is None:
-            return None
-        # One flower match per tagging: the packet's own (and its VLAN when tagged).
-        exact = exact | {_VLAN_TAGGED_AT, _VLAN_ID_AT} if point[_VLAN_TAGGED_AT] else exact
         if (
             rule is None
             or not 0 <= rule < len(self.regions.cubes)
@@ -408,12 +403,24 @@ class FlowCache:
             rule = self._rule_of(point)
         if rule is None:
             return None
-        # First the tuple alone; if the policy looks at more (DSCP, VLAN), the
-        # packet's own values of every field but the flags.
+        return self._pinned_tuple(point, rule, _CONNECTION_BASE, _STATE_CHANGING)
+
+    def _pinned_tuple(
+        self, point: Point, rule: int, base: tuple[ValueSet, ...], flags_mask: int
+    ) -> Megaflow | None:
+        """``base`` with ``point``'s 5-tuple and tagging pinned (one flower match per
+        tagging: the packet's own, and its VLAN when tagged), decided whole by
+        ``rule``; if the policy looks at more (DSCP, VLAN), the packet's own
+        values of every field but the flags and state. ``flags_mask``: the TCP
+        flag bits ``base`` fixes. None when neither cube is decided whole."""
+        exact = _CONNECTION_POSITIONS.get(point[_FAMILY_AT])
+        if exact is None:
+            return None
+        exact = exact | {_VLAN_TAGGED_AT, _VLAN_ID_AT} if point[_VLAN_TAGGED_AT] else exact
         for pinned in (exact, _ALL_BUT_FLAGS_AND_STATE):
-            sets = list(_CONNECTION_BASE)
+            sets = list(base)
             masks = [0] * len(sets)
-            masks[_FLAGS_AT] = _STATE_CHANGING
+            masks[_FLAGS_AT] = flags_mask
             for i in pinned:
                 sets[i] = ValueSet.of_value(_WIDTHS[i], point[i])
                 masks[i] = _FULL_MASKS[i]
@@ -438,27 +445,15 @@ class FlowCache:
             or not (point[_SPORT_AT] or point[_DPORT_AT])
         ):
             return None
-        exact = _CONNECTION_POSITIONS.get(point[_FAMILY_AT])
-        if exact is None:
-            return None
-        exact = exact | {_VLAN_TAGGED_AT, _VLAN_ID_AT} if point[_VLAN_TAGGED_AT] else exact
         if rule is None or not 0 <= rule < len(self.regions.cubes):
             rule = self._rule_of(point)
             if rule is None:
                 return None
-        for pinned in (exact, _ALL_BUT_FLAGS_AND_STATE):
-            sets = list(_EXACT_BASE)
-            masks = [0] * len(sets)
-            for i in pinned:
-                sets[i] = ValueSet.of_value(_WIDTHS[i], point[i])
-                masks[i] = _FULL_MASKS[i]
-            cube = Cube(tuple(sets))
-            if decides_whole(self.regions, cube, rule):
-                break
-        else:
+        proven = self._pinned_tuple(point, rule, _EXACT_BASE, 0)
+        if proven is None:
             return None
         # Narrowed (a subset of the proven cube) so no malformed frame's view meets it.
-        flow = self._off_malformed_views(Megaflow(cube, tuple(masks), point, rule))
+        flow = self._off_malformed_views(proven)
         if flow is None:
             return None
         match = self._tuple_match(flow)
