@@ -134,7 +134,7 @@ struct flowc_config {
 			   * config, not the C, so a refill changes it with the bank. */
 	__u64 ct_now_ns;  /* test clock: when non-zero, the connection tracker's "now"
 			   * (BPF_PROG_TEST_RUN cannot fake time); 0 in production,
-			   * where now is bpf_ktime_get_ns() */
+			   * where now is bpf_ktime_get_coarse_ns() */
 	__u32 ct_hook;    /* ir/conntrack.py hook_id() of the policy: what a commit
 			   * records (in the config, since a refill may rename it) */
 	__u32 pad0;

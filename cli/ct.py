@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from backends.bpf.conntrack import CT_PIN
 from cli.common import ExitCode, Subparsers
 from ir.conntrack import NS_PER_S, Connection, TcpState
 from ir.fields import PROTO_TCP
-from runtime.conntrack import CtTable, CtTableError
+from runtime.conntrack import CtTable, CtTableError, table_now_ns
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     """``flowc ct``: read or clear the pinned table."""
     try:
         with CtTable(args.pin) as table:
-            now = time.monotonic_ns()  # the program's clock: bpf_ktime_get_ns()
+            now = table_now_ns()  # the program's clock
             if args.action == "list":
                 entries = sorted(table.connections(), key=lambda c: c.created_ns)
                 for c in entries:

@@ -9,7 +9,11 @@ Expiry is lazy in the program: a packet that finds its connection expired
 removes it. An entry nobody asks about again stays (and counts against the
 table's capacity, as in the reference) until :func:`gc` removes it; the agent
 calls :func:`gc` periodically, as ``ConnTracker.gc`` is the reference's.
-Times are CLOCK_MONOTONIC nanoseconds, the clock of bpf_ktime_get_ns().
+Times are CLOCK_MONOTONIC_COARSE nanoseconds, the program's clock
+(bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC as of the last tick), which
+:func:`table_now_ns` reads; CLOCK_MONOTONIC runs ahead of it by less than one
+tick, so a caller that passes CLOCK_MONOTONIC times (the agent's collector)
+may remove an entry up to one tick before the program would.
 """
 
 from __future__ import annotations
@@ -266,10 +270,10 @@ class CtTable:
         return sum(self._delete(key) for key in self._keys())
 
     def gc(self, now_ns: int | None = None) -> int:
-        """Remove every entry expired at ``now_ns`` (default: CLOCK_MONOTONIC now);
+        """Remove every entry expired at ``now_ns`` (default: :func:`table_now_ns`);
         how many went. An entry a packet refreshed between the read and the
         delete is re-read first, so gc never removes a live connection."""
-        now = time.monotonic_ns() if now_ns is None else now_ns
+        now = table_now_ns() if now_ns is None else now_ns
         gone = 0
         for key in self._keys():
             entry = self._lookup(key)
@@ -278,6 +282,15 @@ class CtTable:
                 if again is not None and now >= again.expires_ns and self._delete(key):
                     gone += 1
         return gone
+
+
+CLOCK_MONOTONIC_COARSE = 6
+"""Linux's clock id (include/uapi/linux/time.h); the time module does not name it."""
+
+
+def table_now_ns() -> int:
+    """Now on the program's clock (CLOCK_MONOTONIC_COARSE), in ns."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
 
 def gc(pin: str = CT_PIN, now_ns: int | None = None) -> int:

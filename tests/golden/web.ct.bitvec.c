@@ -343,10 +343,16 @@ static __always_inline void flowc_ct_count(__u32 status)
 		*count += 1;
 }
 
-/* The tracker's clock: the config's test clock when set, else CLOCK_MONOTONIC. */
+/* The tracker's clock: the config's test clock when set, else
+ * CLOCK_MONOTONIC_COARSE. The coarse clock is the monotonic time of the last
+ * tick (it lags CLOCK_MONOTONIC by less than one tick, 4 ms at HZ=250), plenty
+ * for idle timeouts of seconds; it is read without touching the clocksource,
+ * where bpf_ktime_get_ns() reads the TSC through the timekeeper: measured
+ * ~30 ns of the ~100 ns an established packet cost (bench/results/conntrack.md).
+ * User space reads the same clock (runtime/conntrack.py table_now_ns). */
 static __always_inline __u64 flowc_ct_now(const struct flowc_config *cfg)
 {
-	return cfg->ct_now_ns ? cfg->ct_now_ns : bpf_ktime_get_ns();
+	return cfg->ct_now_ns ? cfg->ct_now_ns : bpf_ktime_get_coarse_ns();
 }
 
 static __always_inline int flowc_ct_is_icmp(__u8 family, __u8 proto)
