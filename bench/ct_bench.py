@@ -170,8 +170,8 @@ def _rows_for(
         frame(p.with_field("tcp_flags", ACK) if p.get("ip_proto") == PROTO_TCP else p)
         for p in packets
     ]
-    # The same connections' packets coming back: the first lookup (their own
-    # tuple) misses, the reversed one finds the entry.
+    # The same connections' packets coming back: the same canonical key, one
+    # lookup (keyed by the original tuple, they paid a missed lookup first).
     replies = [
         frame(r.with_field("tcp_flags", ACK) if r.get("ip_proto") == PROTO_TCP else r)
         for r in map(_reply, packets)
@@ -386,11 +386,11 @@ def _report(
         f"* What the coarse clock saved (bpf_ktime_get_coarse_ns() for bpf_ktime_get_ns(), "
         f"{lo} rules, same rounds): {precise_saved:.0f} ns of the "
         f"{net[(lo, PRECISE_ROW)]:.0f} ns an established packet cost net with the precise clock.",
-        f"* An established packet in the reply direction (its own tuple misses, the reversed "
-        f"one hits: two lookups): {reply_worst:.0f} ns net at worst, "
+        f"* An established packet in the reply direction (the same canonical key as the "
+        f"original direction's, one lookup): {reply_worst:.0f} ns net at worst, "
         f"{reply_worst - memo_at(reply_at):+.0f} ns over the memo hit at {reply_at} rules.",
         f"* Memory per entry: {per_entry:.0f} bytes (memlock of the preallocated hash map "
-        f"over its {args.capacity} entries: 40-byte key, 48-byte value, the kernel's "
+        f"over its {args.capacity} entries: 40-byte key, 56-byte value, the kernel's "
         "htab_elem header).",
         f"* Python reference tracker: {bare:,.0f} packets/s observe+commit, {stepped:,.0f} "
         f"packets/s with the policy decision (ConnTracker.step), target >= 100,000: "
@@ -426,9 +426,12 @@ NOTES = """
   rule count; what is left is the table, not the policy.
 * Layout: `struct flowc_ct_key` (40 bytes: family, proto, pad, sport, dport,
   src[16], dst[16]; IPv4 in the first 4 bytes) -> `struct flowc_ct_entry`
-  (48 bytes: expires/created/last ns, packets original/reply, replied, tcp,
-  fin_from, pad). BPF_MAP_TYPE_HASH, preallocated, pinned at
-  /sys/fs/bpf/flowc/ct, one per host.
+  (56 bytes: expires/created/last ns, packets original/reply, replied, tcp,
+  fin_from, start flags, hook, swapped, pad). The key is canonical (of the
+  tuple and its reverse, the one whose (src, sport) is not above (dst,
+  dport); `swapped` says which was the original), so a reply finds its
+  connection with one lookup; ICMP echo keeps its request's tuple.
+  BPF_MAP_TYPE_HASH, preallocated, pinned at /sys/fs/bpf/flowc/ct, one per host.
 * A plain hash, not LRU: the reference's capacity rule is exact (a commit into
   a full table is refused and counted untracked, on_full decides the packet);
   an LRU map would evict a live connection instead, which no reference run can

@@ -141,11 +141,16 @@ struct flowc_config {
 };
 
 /* The connection table (bpf/flowc_ct.h), one per host, pinned and shared by
- * every flowc program. The key is a connection's original-direction tuple
- * (ir/conntrack.py ConnKey): addresses in network order (IPv4 in the first 4
- * bytes, the rest 0), ports in host order; ICMP echo: sport is the echo
- * identifier, dport 0; other protocols: both 0. 40 bytes, no padding holes
- * that are not zeroed. */
+ * every flowc program. The key is a connection's tuple (ir/conntrack.py
+ * ConnKey): addresses in network order (IPv4 in the first 4 bytes, the rest
+ * 0), ports in host order; ICMP echo: sport is the echo identifier, dport 0;
+ * other protocols: both 0. 40 bytes, no padding holes that are not zeroed.
+ * Canonical for every protocol but ICMP: of the original-direction tuple and
+ * its reverse, the one whose (src, sport) is not above (dst, dport)
+ * (flowc_ct_canonical), so both directions find the entry with one lookup;
+ * the entry's `swapped` says which of the two the original was. ICMP echo is
+ * keyed by its request's tuple as it goes: the reverse of an echo key is
+ * another conversation (the other side's ping), not the same one. */
 struct flowc_ct_key {
 	__u8  family;
 	__u8  proto;
@@ -156,7 +161,7 @@ struct flowc_ct_key {
 	__u8  dst[16];
 };
 
-/* One connection (ir/conntrack.py Connection). 48 bytes. */
+/* One connection (ir/conntrack.py Connection). 56 bytes. */
 struct flowc_ct_entry {
 	__u64 expires_ns;      /* gone at this time unless a packet comes first */
 	__u64 created_ns;
@@ -169,6 +174,8 @@ struct flowc_ct_entry {
 	__u8  start_flags;     /* the committing packet's TCP flags (0 for other protocols) */
 	__u32 hook;            /* hook_id() of the committing policy: with the tuple and
 				* start_flags, what --revoke-established goes by */
+	__u8  swapped;         /* 1: the original direction is the key reversed */
+	__u8  pad1[7];
 };
 
 /* TCP states (ir/conntrack.py TcpState). */

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from backends.bpf.abi import CtEntry, CtKey
 from backends.bpf.conntrack import CT_PIN
 from ir.conntrack import Connection, ConnKey, TcpState
-from ir.fields import FAMILY_IPV4
+from ir.fields import FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6
 from runtime.bpf_syscall import BPF_OBJ_GET_INFO_BY_FD, BpfSyscallError, bpf_packed, obj_get
 
 BPF_MAP_LOOKUP_ELEM = 1
@@ -59,7 +59,7 @@ def ensure_bpffs(root: str = BPFFS) -> None:
 
 
 def conn_key(key: CtKey) -> ConnKey:
-    """The reference's key of a table key."""
+    """The reference's key of a table key, as the key reads (not turned round)."""
     width = 4 if key.family == FAMILY_IPV4 else 16
     return ConnKey(
         key.family,
@@ -72,7 +72,7 @@ def conn_key(key: CtKey) -> ConnKey:
 
 
 def ct_key(key: ConnKey) -> CtKey:
-    """The table key of a reference key."""
+    """The table key spelling ``key`` as it reads (not made canonical)."""
     width = 4 if key.family == FAMILY_IPV4 else 16
     out = CtKey(family=key.family, proto=key.proto, sport=key.sport, dport=key.dport)
     out.src[:width] = list(key.src.to_bytes(width, "big"))
@@ -80,10 +80,35 @@ def ct_key(key: ConnKey) -> CtKey:
     return out
 
 
+def _is_icmp(family: int, proto: int) -> bool:
+    """flowc_ct_is_icmp(): the protocols whose keys are not canonical."""
+    return (family, proto) in ((FAMILY_IPV4, PROTO_ICMP), (FAMILY_IPV6, PROTO_ICMPV6))
+
+
+def _address_words(address: ct.Array[ct.c_uint8]) -> tuple[int, ...]:
+    """flowc_ct_address_order()'s view of a key's address: four native-endian words."""
+    return struct.unpack("=4I", bytes(address))
+
+
+def table_key(key: ConnKey) -> tuple[CtKey, int]:
+    """The table key a connection with original-direction ``key`` is stored
+    under, and its entry's ``swapped`` (flowc_ct_canonical() in bpf/flowc_ct.h:
+    of the tuple and its reverse, the one whose (src, sport) is not above
+    (dst, dport); ICMP keys as they are)."""
+    raw = ct_key(key)
+    if _is_icmp(key.family, key.proto):
+        return raw, 0
+    if (_address_words(raw.src), raw.sport) <= (_address_words(raw.dst), raw.dport):
+        return raw, 0
+    return ct_key(key.reversed()), 1
+
+
 def connection(key: CtKey, entry: CtEntry) -> Connection:
-    """The reference's :class:`Connection` of a table entry."""
+    """The reference's :class:`Connection` of a table entry (its key the
+    original direction's, turned back when the entry says it was swapped)."""
+    stored = conn_key(key)
     return Connection(
-        conn_key(key),
+        stored.reversed() if entry.swapped else stored,
         replied=bool(entry.replied),
         tcp=TcpState(entry.tcp),
         fin_from=entry.fin_from,
@@ -229,15 +254,18 @@ class CtTable:
         return len(self._keys())
 
     def get(self, key: ConnKey) -> Connection | None:
-        """The entry stored under original-direction ``key``, if any."""
-        raw = ct_key(key)
+        """The connection whose original direction is ``key``, if one is stored
+        (not the one ``key`` is the reply direction of)."""
+        raw, swapped = table_key(key)
         entry = self._lookup(raw)
-        return connection(raw, entry) if entry is not None else None
+        if entry is None or entry.swapped != swapped:
+            return None
+        return connection(raw, entry)
 
     def put(self, c: Connection) -> None:
         """Store ``c`` (insert or replace): restart adoption, benchmarks, tests.
         Raises BpfSyscallError (E2BIG) when the table is full."""
-        key = ct_key(c.key)
+        key, swapped = table_key(c.key)
         entry = CtEntry(
             expires_ns=c.expires_ns,
             created_ns=c.created_ns,
@@ -249,13 +277,17 @@ class CtTable:
             fin_from=c.fin_from,
             start_flags=c.start_flags,
             hook=c.hook_id,
+            swapped=swapped,
         )
         attr = struct.pack("=IIQQQ", self.fd, 0, ct.addressof(key), ct.addressof(entry), 0)
         bpf_packed(BPF_MAP_UPDATE_ELEM, attr)
 
     def remove(self, key: ConnKey) -> bool:
-        """Delete the entry stored under original-direction ``key``; False when there was none."""
-        return self._delete(ct_key(key))
+        """Delete the connection whose original direction is ``key``; False when
+        there was none."""
+        raw, swapped = table_key(key)
+        entry = self._lookup(raw)
+        return entry is not None and entry.swapped == swapped and self._delete(raw)
 
     def memlock_bytes(self) -> int:
         """The kernel's memory charge for the whole map (fdinfo ``memlock``)."""

@@ -186,7 +186,7 @@ class Config(ct.Structure):
 
 
 class CtKey(ct.Structure):
-    """struct flowc_ct_key: a connection's original-direction tuple."""
+    """struct flowc_ct_key: a connection's tuple, canonical but for ICMP (bpf/flowc_common.h)."""
 
     _fields_ = (
         ("family", ct.c_uint8),
@@ -213,6 +213,8 @@ class CtEntry(ct.Structure):
         ("fin_from", ct.c_uint8),
         ("start_flags", ct.c_uint8),
         ("hook", ct.c_uint32),
+        ("swapped", ct.c_uint8),
+        ("pad1", ct.c_uint8 * 7),
     )
 
 

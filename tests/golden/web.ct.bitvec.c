@@ -275,12 +275,13 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
  * (bcc's default) the map holds exactly FLOWC_CT_CAPACITY entries and an
  * insert into a full map fails with -E2BIG.
  *
- * One entry per connection, keyed by its original-direction tuple; a packet
- * looks up its own tuple, then the reversed one (two lookups rather than a
- * normalised key: the entry must know which side sent first, for replied,
- * fin_from and the packet counts, and a normalised key would need that
- * stored and compared anyway; most packets of a connection in its original
- * direction hit on the first lookup).
+ * One entry per connection, keyed by the canonical one of its tuple and the
+ * reverse (bpf/flowc_common.h), with `swapped` saying which was the original:
+ * a packet in either direction finds its connection with one lookup, and its
+ * direction is whether its own tuple was swapped to the key, against the
+ * entry's swapped. (Keyed by the original tuple, a reply paid a missed lookup
+ * of its own tuple first: +50 ns, bench/results/conntrack.md.) ICMP echo keeps
+ * the request's tuple as the key, looked up the way the reference does.
  *
  * Expiry is lazy: a packet that finds an expired entry deletes it (counted
  * FLOWC_STATUS_CT_EXPIRED) and sees no connection, as ConnTracker._expired.
@@ -327,7 +328,8 @@ struct flowc_ct_scratch {
 	struct flowc_ct_key key;  /* the packet's tuple; after observe, the commit's */
 	struct flowc_ct_key rkey; /* key reversed: the reply direction */
 	__u8 starts;              /* FLOWC_TCP_* a commit stores, or FLOWC_CT_NO_START */
-	__u8 pad0[7];
+	__u8 swapped;             /* key is the packet's own tuple reversed */
+	__u8 pad0[6];
 };
 
 /* original-direction tuple -> connection, one table per host */
@@ -463,6 +465,39 @@ static __always_inline void flowc_ct_reverse(const struct flowc_ct_key *key, str
 	}
 }
 
+/* The word-wise order of two addresses (native-endian 32-bit words, first
+ * difference decides; runtime/conntrack.py _address_words is its mirror):
+ * -1, 0 or 1. Any total order would do; this one is four compares. */
+static __always_inline int flowc_ct_address_order(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (x[i] != y[i])
+			return x[i] < y[i] ? -1 : 1;
+	}
+	return 0;
+}
+
+/* Put s->key, a packet's own tuple, in the table's canonical form (swapped
+ * when (src, sport) is above (dst, dport)) and say in s->swapped whether it
+ * was turned round. ICMP keys stay as they are (bpf/flowc_common.h). */
+static __always_inline void flowc_ct_canonical(struct flowc_ct_scratch *s)
+{
+	int order;
+
+	s->swapped = 0;
+	if (flowc_ct_is_icmp(s->key.family, s->key.proto))
+		return;
+	order = flowc_ct_address_order(s->key.src, s->key.dst);
+	if (order < 0 || (order == 0 && s->key.sport <= s->key.dport))
+		return;
+	flowc_ct_reverse(&s->key, &s->rkey);
+	s->key = s->rkey;
+	s->swapped = 1;
+}
+
 /* The stored entry of key unless it is expired (then it goes: _expired()). */
 static __always_inline struct flowc_ct_entry *flowc_ct_live(struct flowc_ct_key *key, __u64 now)
 {
@@ -475,15 +510,23 @@ static __always_inline struct flowc_ct_entry *flowc_ct_live(struct flowc_ct_key 
 	return 0;
 }
 
-/* _find(): the live connection s->key belongs to; *dir 0 original, 1 reply. */
+/* _find(): the live connection s->key (a packet's own tuple) belongs to; *dir
+ * 0 original, 1 reply. Leaves s->key canonical, as a commit stores it. */
 static __always_inline struct flowc_ct_entry *flowc_ct_find(struct flowc_ct_scratch *s, __u64 now,
 							    __u32 *dir)
 {
-	struct flowc_ct_entry *e = flowc_ct_live(&s->key, now);
+	struct flowc_ct_entry *e;
 
+	flowc_ct_canonical(s);
+	e = flowc_ct_live(&s->key, now);
 	*dir = 0;
-	if (e)
+	if (e) {
+		*dir = s->swapped ^ e->swapped;
 		return e;
+	}
+	if (!flowc_ct_is_icmp(s->key.family, s->key.proto))
+		return 0; /* one lookup found both directions */
+	/* an echo embedded in an ICMP error: its reply direction is its own key */
 	flowc_ct_reverse(&s->key, &s->rkey);
 	*dir = 1;
 	return flowc_ct_live(&s->rkey, now);
@@ -709,6 +752,7 @@ static __always_inline __u8 flowc_ct_observe_icmp(struct __sk_buff *skb, const s
 	s->key.proto = k->ip_proto;
 	flowc_ct_addresses(k, &s->key);
 	s->key.sport = ((__u16)icmp[4] << 8) | icmp[5]; /* the echo identifier */
+	s->swapped = 0; /* echo keys are not canonical */
 	if (k->icmp_type == flowc_ct_echo_request(k->family)) {
 		e = flowc_ct_live(&s->key, now);
 		if (!e) {
@@ -766,6 +810,7 @@ static __always_inline int flowc_ct_commit(struct flowc_ct_scratch *s, const str
 	e.created_ns = now;
 	e.last_ns = now;
 	e.packets_orig = 1;
+	e.swapped = s->swapped;
 	e.expires_ns = now + flowc_ct_timeout_ns(&e, s->key.proto);
 	err = flowc_ct.insert(&s->key, &e);
 	if (err == 0) {

@@ -28,7 +28,7 @@ from backends.bpf.conntrack import CtSpec
 from backends.bpf.emit import lower
 from compiler.frontend import compile_source
 from compiler.packet_syntax import parse_packet
-from ir.conntrack import NS_PER_S, CtConfig, CtTimeouts, hook_id
+from ir.conntrack import NS_PER_S, Connection, ConnKey, CtConfig, CtTimeouts, TcpState, hook_id
 from ir.fields import STATE_ESTABLISHED, STATE_INVALID, STATE_NEW, STATE_RELATED
 from ir.model import DROP
 from ir.packet import Packet, format_packet
@@ -413,7 +413,7 @@ def test_status_counter_names_cover_the_reference() -> None:
     }
     assert (STATE_NEW, STATE_ESTABLISHED, STATE_RELATED, STATE_INVALID) == (0, 1, 2, 3)
     assert DROP == "drop"
-    assert ct.sizeof(abi.CtKey) == 40 and ct.sizeof(abi.CtEntry) == 48
+    assert ct.sizeof(abi.CtKey) == 40 and ct.sizeof(abi.CtEntry) == 56
 
 
 # ------------------------------------------------------------- flowc ct
@@ -526,3 +526,52 @@ def test_a_refill_moves_the_fast_lane_with_the_bank(host: Host, run_netns: str) 
         slow_path.update(old, generation=3)
         host.policies["out"] = old
     assert slow_path.program.fast_rule == 0
+
+
+@pytest.mark.parametrize(
+    ("original", "reply"),
+    [
+        # Original above its reverse in the key order: stored swapped.
+        ("udp 10.0.0.9:5000 -> 10.0.0.1:53", "udp 10.0.0.1:53 -> 10.0.0.9:5000"),
+        # Original the canonical one: stored as it reads.
+        ("udp 10.0.0.1:5000 -> 10.0.0.9:53", "udp 10.0.0.9:53 -> 10.0.0.1:5000"),
+        # Equal addresses: the ports decide.
+        ("udp 10.0.0.1:5000 -> 10.0.0.1:53", "udp 10.0.0.1:53 -> 10.0.0.1:5000"),
+        ("udp [fd00::9]:5000 -> [fd00::1]:53", "udp [fd00::1]:53 -> [fd00::9]:5000"),
+    ],
+)
+def test_user_space_and_the_program_agree_on_canonical_keys(
+    host: Host, run_netns: str, original: str, reply: str
+) -> None:
+    """A connection user space stores (restart adoption, the agent) is found by
+    the program in both directions with one canonical key, and user space reads
+    back, finds and removes it by its original direction only, as the reference."""
+    host.reset()
+    sent, back = P(original), P(reply)
+    key = ConnKey(
+        sent.get("family"),
+        sent.get("ip_proto"),
+        sent.get("ip4_src" if sent.get("family") == 4 else "ip6_src"),
+        sent.get("ip4_dst" if sent.get("family") == 4 else "ip6_dst"),
+        sent.get("sport"),
+        sent.get("dport"),
+    )
+    now = EPOCH_NS + NS_PER_S
+    stored = Connection(key, False, TcpState.NONE, 0, now + 3 * NS_PER_S, now, now, (1, 0))
+    for slow_path in host.paths.values():
+        slow_path.set_clock(now)
+    with CtTable(host.spec.pin) as table:
+        table.put(stored)
+        assert table.get(key) == stored
+        assert table.get(key.reversed()) is None  # the reply direction is no original
+        with inside(run_netns):
+            again = kernel_run(host.paths["out"].fd, frame(sent))
+            answer = kernel_run(host.paths["in"].fd, frame(back))
+        # A repeat before any reply is new again; the reply is established.
+        assert (again.state, again.committed) == (STATE_NEW, False)
+        assert answer.state == STATE_ESTABLISHED
+        (read,) = list(table.connections())
+        assert read.key == key and read.replied and read.packets == (2, 1)
+        assert table.remove(key.reversed()) is False
+        assert table.remove(key) is True
+        assert table.count() == 0
