@@ -603,11 +603,13 @@ class ConnTracker:
 
     def _find(self, key: ConnKey, now_ns: int) -> tuple[Connection, Direction] | None:
         """The live connection ``key`` belongs to, and the direction it goes in."""
-        for candidate, direction in ((key, Direction.ORIGINAL), (key.reversed(), Direction.REPLY)):
-            stored = self._live(candidate, now_ns)
-            if stored is not None:
-                return stored, direction
-        return None
+        stored = self._live(key, now_ns)
+        if stored is not None:
+            return stored, Direction.ORIGINAL
+        # Reversed only when needed: most packets go in their connection's
+        # original direction, and the reverse key is a new tuple per packet.
+        stored = self._live(key.reversed(), now_ns)
+        return None if stored is None else (stored, Direction.REPLY)
 
     # ------------------------------------------------------------ step 2
     def commit(
