@@ -325,14 +325,14 @@ static __always_inline __s32 flowc_classify(const struct flowc_key *k,
  * would start. Per CPU in a map, not on the stack, for the same reason as
  * flowc_scratch (the verifier merges map contents, not stack contents). */
 struct flowc_ct_scratch {
-	struct flowc_ct_key key;  /* the packet's tuple; after observe, the commit's */
+	struct flowc_ct_key key;  /* the packet's tuple; after find, canonical (the commit's) */
 	struct flowc_ct_key rkey; /* key reversed: the reply direction */
 	__u8 starts;              /* FLOWC_TCP_* a commit stores, or FLOWC_CT_NO_START */
 	__u8 swapped;             /* key is the packet's own tuple reversed */
 	__u8 pad0[6];
 };
 
-/* original-direction tuple -> connection, one table per host */
+/* canonical tuple -> connection, one table per host */
 BPF_TABLE_PINNED("hash", struct flowc_ct_key, struct flowc_ct_entry, flowc_ct,
 		 FLOWC_CT_CAPACITY, FLOWC_CT_PIN);
 BPF_PERCPU_ARRAY(flowc_ct_work, struct flowc_ct_scratch, 1);
