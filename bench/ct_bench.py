@@ -364,9 +364,6 @@ def _report(
     reply_at = max(sizes, key=lambda s: net[(s, "established reply (fast lane)")])
     reply_worst = net[(reply_at, "established reply (fast lane)")]
 
-    def memo_at(size: int) -> float:
-        return memo[size]
-
     lines += [
         "",
         "## Targets",
@@ -388,7 +385,7 @@ def _report(
         f"{net[(lo, PRECISE_ROW)]:.0f} ns an established packet cost net with the precise clock.",
         f"* An established packet in the reply direction (the same canonical key as the "
         f"original direction's, one lookup): {reply_worst:.0f} ns net at worst, "
-        f"{reply_worst - memo_at(reply_at):+.0f} ns over the memo hit at {reply_at} rules.",
+        f"{reply_worst - memo[reply_at]:+.0f} ns over the memo hit at {reply_at} rules.",
         f"* Memory per entry: {per_entry:.0f} bytes (memlock of the preallocated hash map "
         f"over its {args.capacity} entries: 40-byte key, 56-byte value, the kernel's "
         "htab_elem header).",

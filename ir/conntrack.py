@@ -454,7 +454,7 @@ class ConnTracker:
         proto = values[_PROTO]
         if values[_FRAG] == FRAG_LATER:
             return Observation(STATE_NEW)  # no ports: no connection to find
-        if proto in (PROTO_ICMP, PROTO_ICMPV6) and _is_icmp_of(family, proto):
+        if proto in (PROTO_ICMP, PROTO_ICMPV6) and is_icmp_of(family, proto):
             return self._observe_icmp(packet, family, now_ns)
         key = _key_of(packet)
         found = self._find(key, now_ns)
@@ -473,7 +473,7 @@ class ConnTracker:
             if inner is None or inner.get("frag") == FRAG_LATER:
                 return self._invalid("ICMP error without an embedded header it can be tied to")
             if (
-                _is_icmp_of(inner.get("family"), inner.get("ip_proto"))
+                is_icmp_of(inner.get("family"), inner.get("ip_proto"))
                 and inner.get("icmp_type") not in ICMP_ECHO[inner.get("family")]
             ):
                 return self._invalid("ICMP error about an ICMP message that is not echo")
@@ -742,7 +742,7 @@ def candidate_keys(packet: Packet) -> list[tuple[ConnKey, Direction]]:
     family, proto = packet.get("family"), packet.get("ip_proto")
     if packet.get("frag") == FRAG_LATER:
         return []
-    if _is_icmp_of(family, proto):
+    if is_icmp_of(family, proto):
         request, reply = ICMP_ECHO[family]
         icmp_type = packet.get("icmp_type")
         key = ConnKey(family, proto, *_addresses(packet), packet.echo_id, 0)
@@ -755,7 +755,9 @@ def candidate_keys(packet: Packet) -> list[tuple[ConnKey, Direction]]:
     return [(key, Direction.ORIGINAL), (key.reversed(), Direction.REPLY)]
 
 
-def _is_icmp_of(family: int, proto: int) -> bool:
+def is_icmp_of(family: int, proto: int) -> bool:
+    """True for ICMP of its own family (ICMPv4 in IPv4, ICMPv6 in IPv6): the
+    protocol keyed by echo identifier and type rather than by a reversible tuple."""
     return (family, proto) in ((4, PROTO_ICMP), (6, PROTO_ICMPV6))
 
 
@@ -784,7 +786,7 @@ def _key_of(packet: Packet) -> ConnKey:
             return ConnKey(family, proto, v[_IP4_SRC], v[_IP4_DST], v[_SPORT], v[_DPORT])
         return ConnKey(family, proto, v[_IP6_SRC], v[_IP6_DST], v[_SPORT], v[_DPORT])
     src, dst = _addresses(packet)
-    if _is_icmp_of(family, proto):
+    if is_icmp_of(family, proto):
         # An embedded echo: the error is about the echo conversation.
         icmp_type = packet.get("icmp_type")
         key = ConnKey(family, proto, src, dst, packet.echo_id, 0)
@@ -856,7 +858,7 @@ def commit_cube(key: ConnKey, start_flags: int = 0, space: Space = HEADER_SPACE)
     if key.proto in PORT_PROTOCOLS:
         constraints["sport"] = ValueSet.of_value(16, key.sport)
         constraints["dport"] = ValueSet.of_value(16, key.dport)
-    elif _is_icmp_of(key.family, key.proto):
+    elif is_icmp_of(key.family, key.proto):
         constraints["icmp_type"] = ValueSet.of_value(8, ICMP_ECHO[key.family][0])
     if key.proto == PROTO_TCP:
         constraints["tcp_flags"] = ValueSet.of_value(8, start_flags)

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from backends.bpf.abi import CtEntry, CtKey
 from backends.bpf.conntrack import CT_PIN
-from ir.conntrack import Connection, ConnKey, TcpState
-from ir.fields import FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6
+from ir.conntrack import Connection, ConnKey, TcpState, is_icmp_of
+from ir.fields import FAMILY_IPV4
 from runtime.bpf_syscall import BPF_OBJ_GET_INFO_BY_FD, BpfSyscallError, bpf_packed, obj_get
 
 BPF_MAP_LOOKUP_ELEM = 1
@@ -38,6 +38,8 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_MAP_GET_NEXT_KEY = 4
 BPFFS = "/sys/fs/bpf"
+CLOCK_MONOTONIC_COARSE = 6
+"""Linux's clock id (include/uapi/linux/time.h); the time module does not name it."""
 
 
 class CtTableError(OSError):
@@ -80,11 +82,6 @@ def ct_key(key: ConnKey) -> CtKey:
     return out
 
 
-def _is_icmp(family: int, proto: int) -> bool:
-    """flowc_ct_is_icmp(): the protocols whose keys are not canonical."""
-    return (family, proto) in ((FAMILY_IPV4, PROTO_ICMP), (FAMILY_IPV6, PROTO_ICMPV6))
-
-
 def _address_words(address: ct.Array[ct.c_uint8]) -> tuple[int, ...]:
     """flowc_ct_address_order()'s view of a key's address: four native-endian words."""
     return struct.unpack("=4I", bytes(address))
@@ -96,7 +93,7 @@ def table_key(key: ConnKey) -> tuple[CtKey, int]:
     of the tuple and its reverse, the one whose (src, sport) is not above
     (dst, dport); ICMP keys as they are)."""
     raw = ct_key(key)
-    if _is_icmp(key.family, key.proto):
+    if is_icmp_of(key.family, key.proto):  # flowc_ct_is_icmp(): not canonical
         return raw, 0
     if (_address_words(raw.src), raw.sport) <= (_address_words(raw.dst), raw.dport):
         return raw, 0
@@ -314,10 +311,6 @@ class CtTable:
                 if again is not None and now >= again.expires_ns and self._delete(key):
                     gone += 1
         return gone
-
-
-CLOCK_MONOTONIC_COARSE = 6
-"""Linux's clock id (include/uapi/linux/time.h); the time module does not name it."""
 
 
 def table_now_ns() -> int:

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backends.bpf.abi import CtEntry
-from ir.conntrack import ConnKey
+from ir.conntrack import ConnKey, is_icmp_of
 from ir.fields import (
     FAMILY_IPV4,
     FAMILY_IPV6,
@@ -55,14 +55,10 @@ def _words(address: int, family: int) -> tuple[int, ...]:
     return tuple(int.from_bytes(raw[i : i + 4], sys.byteorder) for i in range(0, 16, 4))
 
 
-def _is_icmp(key: ConnKey) -> bool:
-    return (key.family, key.proto) in ((FAMILY_IPV4, PROTO_ICMP), (FAMILY_IPV6, PROTO_ICMPV6))
-
-
 @given(keys())
 def test_both_directions_share_one_key_and_swapped_tells_them_apart(key: ConnKey) -> None:
     raw, swapped = table_key(key)
-    if _is_icmp(key):
+    if is_icmp_of(key.family, key.proto):
         assert (conn_key(raw), swapped) == (key, 0)
         return
     back_raw, back_swapped = table_key(key.reversed())
